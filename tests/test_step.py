@@ -1,0 +1,59 @@
+"""The step's numbers: accumulation, replica invariance, alternation, several updates per compiled loop, traces."""
+
+import numpy as np
+
+from tests import toy
+
+
+def test_accumulating_k_micro_batches_equals_one_k_times_larger_batch(tmp_path):
+  accumulated = toy.run(tmp_path / "k4", cycle=[("a", 1, 4)], global_batch_size=8, train_steps=5)
+  one_batch = toy.run(tmp_path / "k1", cycle=[("a", 1, 1)], global_batch_size=32, train_steps=5)
+  diff = toy.max_diff(toy.weights(accumulated), toy.weights(one_batch))
+  assert diff <= 1e-6, diff
+  # and the runs did train: the weights moved away from their initial values
+  fresh = toy.run(tmp_path / "fresh", cycle=[("a", 1, 1)], global_batch_size=32, train_steps=1)
+  assert toy.max_diff(toy.weights(one_batch), toy.weights(fresh)) > 1e-3
+
+
+def test_two_replicas_end_on_the_weights_of_one(tmp_path):
+  # In one process every multi-replica strategy must have the same size (TF reuses collective group keys across
+  # strategies); 4 replicas are compared through trainer.main in tests/test_main.py.
+  replicas = 2
+  kwargs = dict(cycle=[("a", 2, 2), ("b", 1, 3)], global_batch_size=16, train_steps=7)
+  one = toy.run(tmp_path / "r1", replicas=1, **kwargs)
+  many = toy.run(tmp_path / f"r{replicas}", replicas=replicas, **kwargs)
+  diff = toy.max_diff(toy.weights(one), toy.weights(many))
+  assert diff <= 1e-6, diff
+
+
+def test_critic_5_generator_1_updates_only_the_active_model(tmp_path):
+  run = toy.run(tmp_path, cycle=[("a", 5), ("b", 1)], train_steps=12, steps_per_loop=100)
+  assert int(run.optimizers["a"].iterations.numpy()) == 10
+  assert int(run.optimizers["b"].iterations.numpy()) == 2
+
+
+def test_a_model_is_bit_for_bit_unchanged_across_the_other_models_phase(tmp_path):
+  before = toy.run(tmp_path, cycle=[("a", 3), ("b", 4)], train_steps=3)
+  snapshot = {n: [np.array(v) for v in o.variables] for n, o in before.optimizers.items()}
+  weights = toy.weights(before)
+  after = toy.run(tmp_path, cycle=[("a", 3), ("b", 4)], train_steps=7)  # resumes: 4 updates of 'b' only
+  for a, b in zip(weights["a"], toy.weights(after)["a"]):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(snapshot["a"], [np.array(v) for v in after.optimizers["a"].variables]):
+    np.testing.assert_array_equal(a, b)
+  assert toy.max_diff({"b": weights["b"]}, {"b": toy.weights(after)["b"]}) > 1e-4
+
+
+def test_several_updates_per_compiled_loop_equal_one_per_call(tmp_path):
+  kwargs = dict(cycle=[("a", 4, 2), ("b", 3)], train_steps=14)
+  looped = toy.run(tmp_path / "looped", steps_per_loop=100, **kwargs)
+  single = toy.run(tmp_path / "single", steps_per_loop=1, **kwargs)
+  for n in "ab":
+    for a, b in zip(toy.weights(looped)[n], toy.weights(single)[n]):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_each_phase_traces_once(tmp_path):
+  run = toy.run(tmp_path, cycle=[("a", 2, 2), ("b", 3)], train_steps=23, steps_per_loop=2, log_every=3)
+  assert set(run.loops) == {("a", 2), ("b", 1)}
+  assert [loop.traces for loop in run.loops.values()] == [1, 1]

@@ -1,0 +1,37 @@
+"""A small regression job through the real `train` function, for the tests that compare runs."""
+
+import functools
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer import models, regression, train
+from trainer.schedule import Schedule
+
+
+def strategy(replicas: int) -> tf.distribute.Strategy:
+  """MirroredStrategy over the first `replicas` logical CPU devices (conftest makes 4)."""
+  return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+
+
+def run(model_dir, *, replicas=1, cycle=(("a", 1),), warmup=(), train_steps=6, global_batch_size=16,
+        lr=0.05, optimizer="adam", **kwargs) -> train.Run:
+  """Trains models 'a' and 'b' (small MLPs) on regression data; 'a' with MSE, 'b' with MAE."""
+  make_optimizer = {"adam": lambda: keras.optimizers.Adam(lr), "sgd": lambda: keras.optimizers.SGD(lr)}[optimizer]
+  return train.train(
+      str(model_dir), strategy(replicas),
+      models={n: functools.partial(models.mlp, input_dim=4, output_dim=1, hidden=(8,), name=n) for n in "ab"},
+      optimizers={"a": make_optimizer, "b": make_optimizer},
+      losses={"a": regression.squared_error, "b": regression.absolute_error},
+      examples=regression.regression_examples,
+      schedule=Schedule(cycle=list(cycle), warmup=list(warmup)),
+      train_steps=train_steps, global_batch_size=global_batch_size, **kwargs)
+
+
+def weights(run_: train.Run) -> dict[str, list[np.ndarray]]:
+  return {n: [np.array(v) for v in m.trainable_variables] for n, m in run_.models.items()}
+
+
+def max_diff(x: dict, y: dict) -> float:
+  return max(float(np.max(np.abs(a - b))) for n in x for a, b in zip(x[n], y[n]))

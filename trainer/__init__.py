@@ -1,0 +1,1 @@
+"""trainer: alternating multi-model training with gradient accumulation on tf.distribute."""

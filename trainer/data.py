@@ -1,0 +1,85 @@
+"""Input pipelines in which every example is a pure function of its global index.
+
+Micro-batch `m` is global examples `[m * G, (m + 1) * G)` (G = global batch size), and replica `r` of R takes the
+slice `[m * G + r * G / R, m * G + (r + 1) * G / R)`. Hence:
+  * the examples of an accumulation window do not depend on the replica or worker count, so 1 replica and N
+    replicas compute the same window gradient (replica invariance);
+  * resuming at micro-batch `m` is O(1): the pipeline simply starts there (a distributed iterator cannot be
+    checkpointed, tensorflow#56372);
+  * every random number of a step (GAN latents, interpolation weights) can come from here, keyed by
+    (seed, example index, stream), so it too is independent of how the batch is split.
+"""
+
+import math
+from typing import Any, Callable
+
+import tensorflow as tf
+
+ExamplesFn = Callable[[tf.Tensor], Any]
+"""Maps a vector of global example indices (int64, shape [b]) to a batch: a nest of tensors with leading dim b."""
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _splitmix64(x: tf.Tensor) -> tf.Tensor:
+  """The splitmix64 finaliser (Steele et al. 2014): a bijective, well-mixed hash of uint64 counters."""
+  u64 = lambda c: tf.constant(c, tf.uint64)
+  x = x + u64(_GOLDEN)
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(30))) * u64(0xBF58476D1CE4E5B9)
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(27))) * u64(0x94D049BB133111EB)
+  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(31)))
+
+
+def uniform(indices: tf.Tensor, shape: tuple[int, ...], seed: int, stream: int = 0) -> tf.Tensor:
+  """Uniform floats in (0, 1), shape [b, *shape]: a pure function of (seed, stream, example index, position)."""
+  size = math.prod(shape)
+  key = _splitmix64(tf.constant([(seed * 1_000_003 + stream) % 2**64], tf.uint64))
+  counters = tf.cast(indices[:, None] * size + tf.range(size, dtype=tf.int64), tf.uint64)
+  bits = _splitmix64(tf.bitwise.bitwise_xor(counters, key))
+  # The top 53 bits make an exactly representable double; +0.5 keeps it away from 0 and 1.
+  u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(11, tf.uint64)), tf.float64) + 0.5) / 2.0**53
+  return tf.reshape(tf.cast(u, tf.float32), [-1, *shape])
+
+
+def normal(indices: tf.Tensor, shape: tuple[int, ...], seed: int, stream: int = 0) -> tf.Tensor:
+  """Standard normal floats, shape [b, *shape], keyed like `uniform` (Box-Muller on two uniform streams)."""
+  u1 = tf.cast(uniform(indices, shape, seed, 2 * stream), tf.float64)
+  u2 = tf.cast(uniform(indices, shape, seed, 2 * stream + 1), tf.float64)
+  z = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * 3.141592653589793 * u2)
+  return tf.cast(z, tf.float32)
+
+
+def micro_batch_dataset(
+    examples: ExamplesFn, context: tf.distribute.InputContext, global_batch_size: int, start: int
+) -> tf.data.Dataset:
+  """The endless stream of this input pipeline's per-replica micro-batches, from global micro-batch `start`.
+
+  The pipeline feeds its `L` local replicas round-robin (what tf.distribute does with consecutive elements), so
+  its element `j` is micro-batch `start + j // L` for global replica `pipeline_id * L + j % L`.
+  """
+  per_replica = context.get_per_replica_batch_size(global_batch_size)
+  local = context.num_replicas_in_sync // context.num_input_pipelines
+  first_replica = context.input_pipeline_id * local
+
+  def indices(j):
+    micro_batch = start + j // local
+    replica = first_replica + j % local
+    return micro_batch * global_batch_size + replica * per_replica + tf.range(per_replica, dtype=tf.int64)
+
+  # Infinite and fixed-shape: tf.distribute knows there are no partial batches and adds no sync per next().
+  return (
+      tf.data.Dataset.range(2**62)
+      .map(indices)
+      .map(examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      .prefetch(tf.data.AUTOTUNE)
+  )
+
+
+def distributed_iterator(
+    strategy: tf.distribute.Strategy, examples: ExamplesFn, global_batch_size: int, start: int
+) -> tf.distribute.DistributedIterator:
+  """An iterator over per-replica micro-batches, distributed by `strategy`, from global micro-batch `start`."""
+  dataset = strategy.distribute_datasets_from_function(
+      lambda context: micro_batch_dataset(examples, context, global_batch_size, start)
+  )
+  return iter(dataset)

@@ -1,0 +1,22 @@
+"""Errors the user can fix. `trainer.main` prints their message as one line and exits non-zero."""
+
+import difflib
+from typing import Iterable
+
+
+class UserError(Exception):
+  """Bad input: a config, flag or file the user can change. Exit code 2."""
+
+  exit_code = 2
+
+
+class TrainingFailed(UserError):
+  """Training stopped on a condition that is not a bug (e.g. a non-finite loss). Exit code 3."""
+
+  exit_code = 3
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+  """Returns " (did you mean 'x'?)" for the closest candidate, or "" when none is close."""
+  close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+  return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,122 @@
+"""The training step: updates of one model, each accumulating K micro-batches and all-reducing once.
+
+For the active model, per update ("window"):
+  1. every replica sums the gradients of its K micro-batches locally, with no communication;
+  2. the window's gradients and its loss figures are summed over replicas in ONE packed all-reduce;
+  3. if everything is finite, the model's own optimizer applies them; otherwise the loop stops before the update.
+Other models may be called by the loss (a critic scoring generated samples) but are neither differentiated nor
+updated: their weights, optimizer slots and iteration counts stay bit-for-bit the same.
+"""
+
+from typing import Any, Callable, Mapping
+
+import keras
+import tensorflow as tf
+
+from trainer.accumulate import accumulate_gradients
+from trainer.errors import UserError
+
+LossFn = Callable[[Mapping[str, keras.Model], Any, str], Mapping[str, tf.Tensor]]
+"""Maps (all models by name, a per-replica micro-batch, the trained model's name) to {figure: values, shape [b]}.
+
+The figure "loss" is the one differentiated; every figure is reported as its mean over the window's global batch.
+"""
+
+
+def _check_optimizer(name: str, optimizer: keras.optimizers.Optimizer) -> None:
+  # Keras clips and accumulates *per replica, before* its own all-reduce; here the optimizer receives the
+  # already all-reduced window gradient, so these options would be silently wrong. Refuse them.
+  for option in ("clipnorm", "clipvalue", "global_clipnorm", "gradient_accumulation_steps"):
+    if getattr(optimizer, option, None):
+      raise UserError(
+          f"the optimizer of model '{name}' sets {option}: not supported here; accumulate with the schedule's "
+          "micro_batches instead of gradient_accumulation_steps, and remove gradient clipping"
+      )
+
+
+def all_reduce_sum(strategy: tf.distribute.Strategy, per_replica: Any) -> Any:
+  """Sums a nest of per-replica values over all replicas in one batched (packed) all-reduce."""
+  flat = tf.nest.flatten(per_replica)
+  reduced = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, [(v, v) for v in flat])
+  return tf.nest.pack_sequence_as(per_replica, reduced)
+
+
+class PhaseLoop:
+  """A compiled loop of updates of model `name`, K = `micro_batches` micro-batches per update.
+
+  Call it with a distributed iterator and a number of updates `n` (a tensor, so `n` never retraces). It returns
+  (figures [m, F] with m <= n + 1, updates applied). The last row is that of a non-finite window that was not
+  applied, when the result is shorter than n + 1 rows and fewer than n updates were applied.
+  """
+
+  def __init__(
+      self,
+      strategy: tf.distribute.Strategy,
+      models: Mapping[str, keras.Model],
+      name: str,
+      optimizer: keras.optimizers.Optimizer,
+      loss_fn: LossFn,
+      micro_batches: int,
+      global_batch_size: int,
+      counters: Mapping[str, tf.Variable],
+  ):
+    _check_optimizer(name, optimizer)
+    self.name = name
+    self.micro_batches = micro_batches
+    self.figure_names: list[str] = []  # set when traced
+    self._strategy = strategy
+    self._models = models
+    self._model = models[name]
+    self._optimizer = optimizer
+    self._loss_fn = loss_fn
+    self._window_examples = global_batch_size * micro_batches
+    self._counters = counters
+    self.loop = tf.function(self._loop)
+
+  def _objective(self, batch):
+    figures = dict(self._loss_fn(self._models, batch, self.name))
+    if "loss" not in figures:
+      raise UserError(f"the loss of model '{self.name}' returned {sorted(figures)}; it must return a 'loss' figure")
+    # Each per-example figure is divided by the examples in the whole window across all replicas
+    # (GLOBAL_BATCH_SIZE * K). Gradients are then summed over the K micro-batches here and over the replicas by the
+    # all-reduce, which yields exactly the gradient of the mean loss over the window's global batch.
+    sums = {n: tf.reduce_sum(tf.cast(v, tf.float32)) / self._window_examples for n, v in figures.items()}
+    self.figure_names = sorted(sums)
+    value = sums["loss"]
+    if self._model.losses:  # regularisation terms count once per update, however the window is split
+      value += tf.add_n(self._model.losses) / (self._strategy.num_replicas_in_sync * self.micro_batches)
+    return value, sums
+
+  def _window(self, micro_batches):
+    """Replica context: this replica's share of the window gradient and figures. No communication."""
+    # The tape watches the tf.Variables that Keras 3 variables wrap.
+    variables = [v.value for v in self._model.trainable_variables]
+    return accumulate_gradients(self._objective, variables, micro_batches)
+
+  def _loop(self, iterator, num_updates):
+    variables = self._model.trainable_variables
+    rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+    applied = tf.constant(0)
+    for i in tf.range(num_updates):
+      # next() runs outside the replica function, as tf.distribute requires.
+      micro_batches = [next(iterator) for _ in range(self.micro_batches)]
+      grads, figures = self._strategy.run(self._window, args=(micro_batches,))
+      # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
+      grads, figures = all_reduce_sum(self._strategy, (grads, figures))
+      local = lambda v: self._strategy.experimental_local_results(v)[0]
+      row = tf.stack([local(figures[n]) for n in self.figure_names])
+      rows = rows.write(i, row)
+      # All replicas hold the same reduced values, so they all take the same branch.
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(local(g))) for g in grads] + [tf.reduce_all(tf.math.is_finite(row))])
+      if not finite:
+        break
+      self._optimizer.apply_gradients(zip(grads, variables))
+      self._counters["update"].assign_add(1)
+      self._counters["micro_batch"].assign_add(self.micro_batches)
+      applied += 1
+    return rows.stack(), applied
+
+  @property
+  def traces(self) -> int:
+    """How many times the loop has been traced (1 after its first call, and it should stay 1)."""
+    return self.loop.experimental_get_tracing_count()

@@ -1,0 +1,99 @@
+"""Progress reporting: a console line, one JSON object per interval in metrics.jsonl, TensorBoard scalars."""
+
+import json
+import math
+import os
+import time
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+
+def format_duration(seconds: float) -> str:
+  """'1h02m', '3m05s', '42s'."""
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m"
+  return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class Telemetry:
+  """Collects per-update figures and writes them out once per log interval.
+
+  A figure is reported as its mean over the updates of the interval in which its model trained; a model that did
+  not train in the interval keeps its last reported value on the console (and is absent from that JSON line).
+  Only the chief writes files (`write_files`); every task may print.
+  """
+
+  def __init__(self, model_dir: str, total_updates: int, write_files: bool = True):
+    self._total = total_updates
+    self._write_files = write_files
+    self._sums: dict[str, float] = {}
+    self._counts: dict[str, int] = {}
+    self._last: dict[str, float] = {}
+    self._examples = 0
+    self._start = time.perf_counter()
+    self._jsonl = None
+    self._writer = None
+    if write_files:
+      self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "summaries"))
+
+  def record(self, model: str, names: list[str], rows: np.ndarray, examples: int) -> None:
+    """Adds the figure rows [updates, len(names)] of `model` and the examples they consumed."""
+    for j, name in enumerate(names):
+      key = f"{model}/{name}"
+      self._sums[key] = self._sums.get(key, 0.0) + float(np.sum(rows[:, j]))
+      self._counts[key] = self._counts.get(key, 0) + rows.shape[0]
+    self._examples += examples
+
+  def flush(self, update: int, phase: str, remaining_examples: int, extra: Mapping[str, float] = ()) -> dict:
+    """Writes the interval ending at `update` and starts a new one. Returns the JSON object written."""
+    now = time.perf_counter()
+    elapsed = max(now - self._start, 1e-9)
+    figures = {k: self._sums[k] / self._counts[k] for k in self._sums}
+    self._last.update(figures)
+    rate = self._examples / elapsed
+    eta = remaining_examples / rate if rate > 0 else float("inf")
+    record = {
+        "update": update,
+        "total_updates": self._total,
+        "phase": phase,
+        "time": time.time(),
+        "examples_per_sec": rate,
+        "eta_sec": eta if math.isfinite(eta) else None,
+        **figures,
+        **dict(extra),
+    }
+    shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(self._last.items()))
+    logging.info(
+        "update %d/%d | phase %s | %s | %.0f examples/s | ETA %s",
+        update, self._total, phase, shown, rate, format_duration(eta),
+    )
+    if self._write_files:
+      self.write(record, update)
+    self._sums, self._counts, self._examples, self._start = {}, {}, 0, now
+    return record
+
+  def write(self, record: Mapping, step: int) -> None:
+    """Appends `record` to metrics.jsonl and writes its numeric entries as TensorBoard scalars at `step`."""
+    if not self._write_files:
+      return
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    with self._writer.as_default(step=step):
+      for key, value in record.items():
+        if key not in ("update", "total_updates", "time") and isinstance(value, (int, float)):
+          tf.summary.scalar(key, value)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+      self._writer.close()
