@@ -19,14 +19,15 @@ def run(model_dir, *, replicas=1, cycle=(("a", 1),), warmup=(), train_steps=6, g
         lr=0.05, optimizer="adam", **kwargs) -> train.Run:
   """Trains models 'a' and 'b' (small MLPs) on regression data; 'a' with MSE, 'b' with MAE."""
   make_optimizer = {"adam": lambda: keras.optimizers.Adam(lr), "sgd": lambda: keras.optimizers.SGD(lr)}[optimizer]
-  return train.train(
-      str(model_dir), strategy(replicas),
-      models={n: functools.partial(models.mlp, input_dim=4, output_dim=1, hidden=(8,), name=n) for n in "ab"},
-      optimizers={"a": make_optimizer, "b": make_optimizer},
-      losses={"a": regression.squared_error, "b": regression.absolute_error},
-      examples=regression.regression_examples,
-      schedule=Schedule(cycle=list(cycle), warmup=list(warmup)),
-      train_steps=train_steps, global_batch_size=global_batch_size, **kwargs)
+  kwargs = {
+      "models": {n: functools.partial(models.mlp, input_dim=4, output_dim=1, hidden=(8,), name=n) for n in "ab"},
+      "optimizers": {"a": make_optimizer, "b": make_optimizer},
+      "losses": {"a": regression.squared_error, "b": regression.absolute_error},
+      "examples": regression.regression_examples,
+      **kwargs,
+  }
+  return train.train(str(model_dir), strategy(replicas), schedule=Schedule(cycle=list(cycle), warmup=list(warmup)),
+                     train_steps=train_steps, global_batch_size=global_batch_size, **kwargs)
 
 
 def weights(run_: train.Run) -> dict[str, list[np.ndarray]]:

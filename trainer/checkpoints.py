@@ -45,7 +45,7 @@ def restore_latest(manager: tf.train.CheckpointManager) -> str | None:
   fallback = f"; the previous one, {os.path.basename(older[-1])}, is then used" if older else ""
   try:
     manager.checkpoint.restore(path).assert_existing_objects_matched()
-  except (tf.errors.OpError, ValueError, AssertionError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (the reader raises OpError, IndexError, ValueError, ...)
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise UserError(
         f"cannot restore checkpoint {path} ({type(e).__name__}: {reason}). If it is damaged, delete its files "

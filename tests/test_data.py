@@ -1,0 +1,44 @@
+"""trainer.data: per-example randomness and the index-addressed per-replica stream."""
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import data
+
+
+def test_random_numbers_depend_only_on_seed_index_and_stream():
+  idx = tf.range(100, 200, dtype=tf.int64)
+  whole = data.normal(idx, (3,), seed=7).numpy()
+  parts = np.concatenate([data.normal(idx[:37], (3,), 7).numpy(), data.normal(idx[37:], (3,), 7).numpy()])
+  np.testing.assert_array_equal(whole, parts)
+  assert not np.allclose(whole, data.normal(idx, (3,), seed=8).numpy())
+  assert not np.allclose(whole, data.normal(idx, (3,), seed=7, stream=1).numpy())
+
+
+def test_uniform_and_normal_have_the_right_moments():
+  idx = tf.range(200_000, dtype=tf.int64)
+  u = data.uniform(idx, (), seed=1).numpy()
+  z = data.normal(idx, (), seed=1).numpy()
+  assert 0 < u.min() and u.max() < 1
+  assert abs(u.mean() - 0.5) < 0.005 and abs(u.std() - 12 ** -0.5) < 0.005
+  assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+  assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01  # neighbouring indices are independent
+
+
+def _indices(pipeline: int, pipelines: int, replicas: int, global_batch: int, start: int, elements: int):
+  context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+  ds = data.micro_batch_dataset(lambda i: i, context, global_batch, start)
+  return [x.numpy() for x in ds.take(elements)]
+
+
+def test_replicas_of_a_micro_batch_cover_its_global_examples_exactly_once():
+  # 2 pipelines (workers) x 2 local replicas, global batch 8, starting at micro-batch 5.
+  p0 = _indices(0, 2, 4, 8, start=5, elements=4)
+  p1 = _indices(1, 2, 4, 8, start=5, elements=4)
+  for m in range(2):  # each pipeline yields its 2 replicas' shares of micro-batch 5 + m, in replica order
+    shares = [p0[2 * m], p0[2 * m + 1], p1[2 * m], p1[2 * m + 1]]
+    np.testing.assert_array_equal(np.concatenate(shares), np.arange(8 * (5 + m), 8 * (6 + m)))
+
+
+def test_one_replica_sees_the_same_examples():
+  np.testing.assert_array_equal(_indices(0, 1, 1, 8, start=5, elements=1)[0], np.arange(40, 48))

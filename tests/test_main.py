@@ -1,0 +1,106 @@
+"""trainer.main: the command line, end to end, its one-line errors, and replica invariance through --cpu_replicas."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from trainer import main
+from trainer.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "smoke.gin")
+
+
+def run_in_process(*args):
+  """Runs trainer.main's body with these flags in this process (fast: no TF start-up)."""
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["trainer.main", *args])
+  main.run()
+
+
+def run_cli(*args, timeout=300):
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  return subprocess.run([sys.executable, "-m", "trainer.main", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gin_bindings=trian.train_steps=3"], r"no configurable named 'trian' \(did you mean 'train'\?\)"),
+    (["--gin_bindings=train.train_stepz=3"], r"'train' has no parameter 'train_stepz' \(did you mean 'train_steps'\?\)"),
+    (["--gin_bindings=train.examples=@ring_exampels"], r"no configurable named 'ring_exampels' \(did you mean 'ring_examples'"),
+    (["--gin_bindings=TRAIN_STEPS=0"], r"must be a positive integer, got 0"),
+    (["--gin_bindings=Schedule.cycle=[('critc', 5), ('generator', 1)]"], r"'critc'.*did you mean 'critic'"),
+    (["--gin_bindings=GLOBAL_BATCH_SIZE=33", "--cpu_replicas=2"], r"GLOBAL_BATCH_SIZE=33 does not divide over 2"),
+    (["--gin_bindings=train.steps_per_loop = "], r"bad gin config"),
+])
+def test_bad_input_names_the_problem(tmp_path, args, message):
+  with pytest.raises(UserError, match=message):
+    run_in_process(f"--gin_file={SMOKE}", f"--model_dir={tmp_path}", *args)
+
+
+def test_missing_gin_file_suggests_the_shipped_one(tmp_path):
+  with pytest.raises(UserError, match=r"gin file not found: configs/smok.gin \(did you mean 'configs/smoke.gin'"):
+    run_in_process("--gin_file=configs/smok.gin", f"--model_dir={tmp_path}")
+
+
+def test_unset_required_value_is_named(tmp_path):
+  config = tmp_path / "partial.gin"
+  config.write_text("train.train_steps = 2\n")
+  with pytest.raises(UserError, match=r"the config does not set train\.models"):
+    run_in_process(f"--gin_file={config}", f"--model_dir={tmp_path / 'run'}")
+
+
+@pytest.mark.slow
+def test_user_errors_print_one_line_and_exit_2_without_traceback(tmp_path):
+  result = run_cli(f"--gin_file={SMOKE}", f"--model_dir={tmp_path}", "--gin_bindings=trian.x=1")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: bad gin config: no configurable named 'trian'")
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_everything_and_a_rerun_resumes(tmp_path):
+  result = run_cli("--gin_file=configs/smoke.gin", f"--model_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "update 24/24 | phase generator |" in result.stderr and "examples/s | ETA" in result.stderr
+  assert {"checkpoints", "summaries", "metrics.jsonl", "operative_config.gin"} <= set(os.listdir(tmp_path))
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-24")
+  operative = (tmp_path / "operative_config.gin").read_text()
+  assert "TRAIN_STEPS = 24" in operative and "critic/Adam.learning_rate" in operative
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["update"] for r in records if "critic/loss" in r] == [6, 12, 18, 24]
+  assert {"eval/modes_covered", "eval/high_quality_fraction"} <= set(records[-1])
+  # The same command with more steps continues from update 24.
+  more = run_cli("--gin_file=configs/smoke.gin", f"--model_dir={tmp_path}", "--gin_bindings=TRAIN_STEPS=30")
+  assert more.returncode == 0, more.stderr[-3000:]
+  assert "from update 24 of 30" in more.stderr
+
+
+def _final_state(model_dir):
+  """Every tensor of the final checkpoint: weights, optimizer slots and iterations, counters."""
+  reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+  names = [n for n in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in n and "save_counter" not in n]
+  return {n: reader.get_tensor(n) for n in names}
+
+
+@pytest.mark.slow
+def test_one_two_and_four_cpu_replicas_end_on_the_same_weights(tmp_path):
+  # Each run is its own process: one strategy per process, as in production.
+  weights = {}
+  for replicas in (1, 2, 4):
+    result = run_cli("--gin_file=configs/smoke.gin", f"--model_dir={tmp_path / str(replicas)}",
+                     f"--cpu_replicas={replicas}", "--gin_bindings=TRAIN_STEPS=12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"on {replicas} replica(s)" in result.stderr
+    weights[replicas] = _final_state(tmp_path / str(replicas))
+  assert len(weights[1]) >= 12 + 24  # both models' kernels and biases, and two Adam slots for each
+  for replicas in (2, 4):
+    diff = max(float(np.max(np.abs(weights[1][n] - weights[replicas][n]))) for n in weights[1])
+    print(f"max |w(1 replica) - w({replicas} replicas)| = {diff:.3g}")
+    assert diff <= 1e-6, (replicas, diff)

@@ -1,0 +1,103 @@
+"""trainer.train: resume, artifacts, non-finite losses, damaged checkpoints, input validation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import toy
+from trainer import regression
+from trainer.errors import TrainingFailed, UserError
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+  kwargs = dict(cycle=[("a", 3, 2), ("b", 2)], train_steps=14, checkpoint_every=4)
+  whole = toy.run(tmp_path / "whole", **kwargs)
+  toy.run(tmp_path / "split", **{**kwargs, "train_steps": 9})  # stops mid-phase, mid-cycle
+  resumed = toy.run(tmp_path / "split", **kwargs)
+  assert resumed.update == 14
+  for n in "ab":
+    for a, b in zip(toy.weights(whole)[n], toy.weights(resumed)[n]):
+      np.testing.assert_array_equal(a, b)
+    for a, b in zip(whole.optimizers[n].variables, resumed.optimizers[n].variables):
+      np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_writes_checkpoints_summaries_and_metrics(tmp_path):
+  toy.run(tmp_path, cycle=[("a", 2), ("b", 1)], train_steps=9, log_every=3, checkpoint_every=6)
+  manager_files = os.listdir(tmp_path / "checkpoints")
+  assert {"ckpt-6.index", "ckpt-9.index", "checkpoint"} <= set(manager_files)
+  assert tf.io.gfile.glob(str(tmp_path / "summaries" / "events.out.tfevents.*"))
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["update"] for r in records] == [3, 6, 9]
+  for r in records:
+    assert r["examples_per_sec"] > 0 and "a/loss" in r and "b/loss" in r
+    assert r["phase"] in ("a", "b") and r["total_updates"] == 9
+
+
+def test_logged_loss_is_the_mean_over_the_global_window(tmp_path):
+  run = toy.run(tmp_path / "run", replicas=2, cycle=[("a", 1, 2)], train_steps=1, global_batch_size=8, log_every=1)
+  # By hand: the initial model 'a' (same seed; only 'b' trains here) on the window's 16 examples.
+  untrained = toy.run(tmp_path / "untrained", cycle=[("b", 1)], train_steps=1).models["a"]
+  batch = regression.regression_examples(tf.range(16, dtype=tf.int64))
+  expected = float(tf.reduce_mean(tf.square(untrained(batch["x"]) - batch["y"])))
+  np.testing.assert_allclose(run.last_log["a/loss"], expected, rtol=1e-5)
+
+
+def _nan_after(limit):
+  def examples(indices):
+    batch = regression.regression_examples(indices)
+    return {"x": batch["x"], "y": tf.where(indices[:, None] >= limit, np.nan, batch["y"])}
+  return examples
+
+
+def test_non_finite_loss_stops_before_the_update_and_keeps_the_good_state(tmp_path):
+  # Examples 96.. are NaN: with 16 per update, update 7 is the first bad one.
+  with pytest.raises(TrainingFailed, match=r"non-finite .* at update 7 \(phase 'a'.*a/loss=nan.*ckpt-6"):
+    toy.run(tmp_path, cycle=[("a", 1)], train_steps=20, examples=_nan_after(96), checkpoint_every=4)
+  reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints" / "ckpt-6"))
+  for name in reader.get_variable_to_shape_map():
+    if name.startswith("model_a") or name.startswith("optimizer_a"):
+      assert np.all(np.isfinite(reader.get_tensor(name))), name
+  assert reader.get_tensor("update/.ATTRIBUTES/VARIABLE_VALUE") == 6
+  assert os.path.exists(tmp_path / "checkpoints" / "ckpt-4.index")  # the older good checkpoint is kept too
+
+
+def test_damaged_checkpoint_gives_a_clear_error(tmp_path):
+  toy.run(tmp_path, train_steps=4, checkpoint_every=2)
+  data_file = tf.io.gfile.glob(str(tmp_path / "checkpoints" / "ckpt-4.data-*"))[0]
+  with open(data_file, "r+b") as f:
+    f.truncate(10)
+  with pytest.raises(UserError, match=r"cannot restore checkpoint .*ckpt-4 .*delete its files .*ckpt-2"):
+    toy.run(tmp_path, train_steps=8)
+
+
+def test_checkpoint_of_other_models_is_refused(tmp_path):
+  toy.run(tmp_path, train_steps=2)
+  with pytest.raises(UserError, match="cannot restore checkpoint"):
+    toy.run(tmp_path, train_steps=4, models={"a": lambda: _wider("a"), "b": lambda: _wider("b")})
+
+
+def _wider(name):
+  from trainer import models
+  return models.mlp(input_dim=4, output_dim=1, hidden=(9,), name=name)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(cycle=[("c", 1)]), r"phase 0 trains model 'c', but train.models defines only a, b"),
+    (dict(cycle=[("aa", 1)]), r"did you mean 'a'"),
+    (dict(train_steps=0), r"TRAIN_STEPS.* must be a positive integer, got 0"),
+    (dict(global_batch_size=-4), r"GLOBAL_BATCH_SIZE.* must be a positive integer"),
+    (dict(replicas=2, global_batch_size=15), r"GLOBAL_BATCH_SIZE=15 does not divide over 2 replicas"),
+])
+def test_bad_input_is_refused_with_what_to_change(tmp_path, kwargs, message):
+  with pytest.raises(UserError, match=message):
+    toy.run(tmp_path, **kwargs)
+
+
+def test_unwritable_model_dir(tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(UserError, match="is not writable"):
+    toy.run(tmp_path / "file" / "run")

@@ -1,0 +1,93 @@
+"""Gin at the edge: what configs may name, parsing files and bindings with clear errors, the operative config.
+
+Configs name functions by their short names (`@mlp`, `@Schedule()`, `@generator/Adam`). The project's own
+configurables are declared with @gin.configurable in the modules imported below; Keras classes are registered here
+explicitly, because `import gin.tf` is broken on TF 2.21 (it needs tf.estimator).
+"""
+
+import inspect
+import os
+import re
+from typing import Sequence
+
+import gin
+import keras
+
+from trainer import gan, models, regression, ring, schedule, train  # noqa: F401  (their @gin.configurable)
+from trainer.errors import UserError, did_you_mean
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+gin.add_config_file_search_path(_REPO)  # so that `include 'configs/x.gin'` works from any directory
+
+for _cls in (keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.SGD, keras.optimizers.RMSprop):
+  gin.external_configurable(_cls, module="keras.optimizers")
+# A Keras learning-rate schedule is evaluated at its optimizer's own iteration count, i.e. it advances once per
+# update of *that* model, never per micro-batch.
+for _cls in (keras.optimizers.schedules.ExponentialDecay, keras.optimizers.schedules.CosineDecay,
+             keras.optimizers.schedules.PiecewiseConstantDecay):
+  gin.external_configurable(_cls, module="keras.optimizers.schedules")
+
+
+def _configurable_names() -> list[str]:
+  names = set()
+  for selector, _ in gin.config._REGISTRY.items():  # pylint: disable=protected-access
+    names.update({selector, selector.split(".")[-1]})
+  return sorted(names)
+
+
+def _parameter_names(configurable: str) -> list[str]:
+  entry = gin.config._REGISTRY.get_match(configurable)  # pylint: disable=protected-access
+  if entry is None:
+    return []
+  fn = entry.wrapped.__init__ if inspect.isclass(entry.wrapped) else entry.wrapped
+  return [p for p in inspect.signature(fn).parameters if p != "self"]
+
+
+def explain(error: Exception) -> str:
+  """One line saying what is wrong in a gin config, and how to fix it when that can be guessed."""
+  message = str(error)
+  where = re.search(r"In (?:file \"([^\"]+)\", line (\d+)|bindings string line (\d+))\n\s*(.*)", message)
+  location = ""
+  if where:
+    file, line, binding_line, text = where.groups()
+    location = f" ({file}:{line}: {text.strip()})" if file else f" (--gin_bindings: {text.strip()})"
+  if m := re.search(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'", message):
+    name = m.group(1).split("/")[-1]
+    return f"no configurable named '{name}'{did_you_mean(name, _configurable_names())}{location}"
+  if m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
+    name, parameter = m.groups()
+    return (f"'{name}' has no parameter '{parameter}'{did_you_mean(parameter, _parameter_names(name))}"
+            f"{location}")
+  if m := re.search(r"No bindings specified for '([\w.]+)/gin.macro'", message):
+    return f"macro %{m.group(1)} is used but never defined; add '{m.group(1)} = <value>' to the config"
+  if m := re.search(r"Required bindings for `(\w+)` not provided in config: \[(.*)\]", message):
+    missing = ", ".join(f"{m.group(1)}.{p.strip()}" for p in m.group(2).replace("'", "").split(","))
+    return f"the config does not set {missing}"
+  return f"{message.strip().splitlines()[0]}{location}"
+
+
+def _resolve(path: str) -> str:
+  for candidate in (path, os.path.join(_REPO, path)):
+    if os.path.isfile(candidate):
+      return candidate
+  hint = ""
+  configs = os.path.join(_REPO, "configs")
+  if os.path.isdir(configs):
+    hint = did_you_mean(os.path.basename(path), os.listdir(configs))
+    hint = hint.replace("'", "'configs/", 1) if hint else f"; the shipped configs are in {configs}"
+  raise UserError(f"gin file not found: {path}{hint}")
+
+
+def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parses gin `files` then `bindings` (bindings win). Raises UserError with one clear line on any mistake."""
+  resolved = [_resolve(f) for f in files]
+  try:
+    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
+  except (ValueError, SyntaxError, KeyError, TypeError) as e:
+    raise UserError(f"bad gin config: {explain(e)}") from e
+
+
+def write_operative_config(model_dir: str) -> None:
+  """Writes the configuration actually used (gin's operative config) to model_dir/operative_config.gin."""
+  with open(os.path.join(model_dir, "operative_config.gin"), "w", encoding="utf-8") as f:
+    f.write(gin.operative_config_str())

@@ -1,0 +1,57 @@
+r"""Entry point: python -m trainer.main --gin_file=configs/X.gin --model_dir=DIR [flags].
+
+Intentionally short: parse flags and gin, create the strategy, call trainer.train.train. Errors the user can fix
+print one line and exit 2 (bad input) or 3 (training stopped, e.g. on a non-finite loss); add --verbosity=1 for
+the traceback.
+"""
+
+import os
+import sys
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: hide C++ start-up chatter
+
+import gin  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from trainer import config, strategy, train  # noqa: E402
+from trainer.errors import UserError  # noqa: E402
+
+_GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s); repeatable, later files win.")
+_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings 'NAME=VALUE'; repeatable, override files.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and metrics; reruns resume.")
+_STRATEGY = flags.DEFINE_enum("strategy", "auto", list(strategy.STRATEGIES), "tf.distribute strategy.")
+_CPU_REPLICAS = flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into N logical devices and mirror over them.")
+flags.mark_flag_as_required("model_dir")
+
+
+def run() -> None:
+  """Parses gin, creates the strategy and trains. Raises UserError on bad input."""
+  if not _GIN_FILE.value:
+    raise UserError("give at least one --gin_file, e.g. --gin_file=configs/smoke.gin")
+  config.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
+  distribution = strategy.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value)
+  try:
+    train.train(_MODEL_DIR.value, distribution, on_setup=config.write_operative_config)
+  except RuntimeError as e:
+    if "Required bindings" in str(e):  # gin's message for a parameter marked gin.REQUIRED but never bound
+      raise UserError(config.explain(e)) from e
+    raise
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    run()
+  except UserError as e:
+    if logging.get_verbosity() >= 1:
+      traceback.print_exc()
+    print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  finally:
+    gin.clear_config()
+
+
+if __name__ == "__main__":
+  app.run(main)
