@@ -1,13 +1,17 @@
 """The step's numbers: accumulation, replica invariance, alternation, several updates per compiled loop, traces."""
 
 import numpy as np
+import pytest
 
 from tests import toy
 
 
-def test_accumulating_k_micro_batches_equals_one_k_times_larger_batch(tmp_path):
-  accumulated = toy.run(tmp_path / "k4", cycle=[("a", 1, 4)], global_batch_size=8, train_steps=5)
-  one_batch = toy.run(tmp_path / "k1", cycle=[("a", 1, 1)], global_batch_size=32, train_steps=5)
+# Adam is nearly invariant to a constant factor on the gradient, so a wrong loss scale (per-replica instead of
+# global batch, or K forgotten) would pass with Adam alone: SGD makes these tests see the scale.
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_accumulating_k_micro_batches_equals_one_k_times_larger_batch(tmp_path, optimizer):
+  accumulated = toy.run(tmp_path / "k4", cycle=[("a", 1, 4)], global_batch_size=8, train_steps=5, optimizer=optimizer)
+  one_batch = toy.run(tmp_path / "k1", cycle=[("a", 1, 1)], global_batch_size=32, train_steps=5, optimizer=optimizer)
   diff = toy.max_diff(toy.weights(accumulated), toy.weights(one_batch))
   assert diff <= 1e-6, diff
   # and the runs did train: the weights moved away from their initial values
@@ -15,11 +19,12 @@ def test_accumulating_k_micro_batches_equals_one_k_times_larger_batch(tmp_path):
   assert toy.max_diff(toy.weights(one_batch), toy.weights(fresh)) > 1e-3
 
 
-def test_two_replicas_end_on_the_weights_of_one(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_two_replicas_end_on_the_weights_of_one(tmp_path, optimizer):
   # In one process every multi-replica strategy must have the same size (TF reuses collective group keys across
   # strategies); 4 replicas are compared through trainer.main in tests/test_main.py.
   replicas = 2
-  kwargs = dict(cycle=[("a", 2, 2), ("b", 1, 3)], global_batch_size=16, train_steps=7)
+  kwargs = dict(cycle=[("a", 2, 2), ("b", 1, 3)], global_batch_size=16, train_steps=7, optimizer=optimizer)
   one = toy.run(tmp_path / "r1", replicas=1, **kwargs)
   many = toy.run(tmp_path / f"r{replicas}", replicas=replicas, **kwargs)
   diff = toy.max_diff(toy.weights(one), toy.weights(many))
@@ -57,3 +62,8 @@ def test_each_phase_traces_once(tmp_path):
   run = toy.run(tmp_path, cycle=[("a", 2, 2), ("b", 3)], train_steps=23, steps_per_loop=2, log_every=3)
   assert set(run.loops) == {("a", 2), ("b", 1)}
   assert [loop.traces for loop in run.loops.values()] == [1, 1]
+
+
+def test_one_packed_all_reduce_per_update_carries_gradients_and_figures(tmp_path):
+  run = toy.run(tmp_path, replicas=2, cycle=[("a", 2, 3), ("b", 1)], train_steps=3)
+  assert {key: loop.collectives_per_update() for key, loop in run.loops.items()} == {("a", 3): 1, ("b", 1): 1}

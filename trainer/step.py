@@ -16,6 +16,8 @@ import tensorflow as tf
 from trainer.accumulate import accumulate_gradients
 from trainer.errors import UserError
 
+_ALL_REDUCE_OPS = frozenset({"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "NcclAllReduce"})
+
 LossFn = Callable[[Mapping[str, keras.Model], Any, str], Mapping[str, tf.Tensor]]
 """Maps (all models by name, a per-replica micro-batch, the trained model's name) to {figure: values, shape [b]}.
 
@@ -71,6 +73,7 @@ class PhaseLoop:
     self._loss_fn = loss_fn
     self._window_examples = global_batch_size * micro_batches
     self._counters = counters
+    self._graph = None
     self.loop = tf.function(self._loop)
 
   def _objective(self, batch):
@@ -94,6 +97,7 @@ class PhaseLoop:
     return accumulate_gradients(self._objective, variables, micro_batches)
 
   def _loop(self, iterator, num_updates):
+    self._graph = tf.compat.v1.get_default_graph()  # the FuncGraph being traced, for collectives_per_update
     variables = self._model.trainable_variables
     rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
     applied = tf.constant(0)
@@ -115,6 +119,13 @@ class PhaseLoop:
       self._counters["micro_batch"].assign_add(self.micro_batches)
       applied += 1
     return rows.stack(), applied
+
+  def collectives_per_update(self) -> int:
+    """All-reduce ops per update per local replica, counted in the traced graph (the design says exactly 1)."""
+    graph = self._graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    launches = sum(n.op in _ALL_REDUCE_OPS for n in nodes)
+    return launches // len(self._strategy.extended.worker_devices)
 
   @property
   def traces(self) -> int:
