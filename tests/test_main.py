@@ -106,3 +106,14 @@ def test_one_two_and_four_cpu_replicas_end_on_the_same_weights(tmp_path):
     diff = max(float(np.max(np.abs(weights[1][n] - weights[replicas][n]))) for n in weights[1])
     print(f"max |w(1 replica) - w({replicas} replicas)| = {diff:.3g}")
     assert diff <= 1e-6, (replicas, diff)
+
+
+@pytest.mark.slow
+def test_default_job_covers_all_8_modes(tmp_path):
+  # The README's headline result (~1.5 min). Training is deterministic on CPU, so this is not flaky.
+  result = run_cli("--gin_file=configs/ring_gan.gin", f"--model_dir={tmp_path}", timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  final = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")][-1]
+  assert final["update"] == 6000
+  assert final["eval/modes_covered"] == 8, final
+  assert final["eval/high_quality_fraction"] >= 0.9, final

@@ -24,3 +24,4 @@ def test_a_collapsed_generator_covers_one_mode():
 def test_samples_off_the_modes_are_not_high_quality():
   figures = ring.quality(np.zeros([100, 2]), modes=8, radius=2.0, stddev=0.02, min_per_mode=20)
   assert figures["high_quality_fraction"] == 0 and figures["modes_covered"] == 0
+  assert "reverse_kl" not in figures  # undefined, not 0

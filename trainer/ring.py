@@ -3,7 +3,7 @@
 Data: a uniform mixture of `modes` Gaussians with std `stddev` on a circle of radius `radius`. Quality figures,
 as in that literature, from generated samples: a sample is *high quality* if it lies within 3 std of a mode's
 centre; a mode is *covered* if at least `min_per_mode` high-quality samples fall on it (PacGAN's rule: 20 of
-2,500); and the reverse KL between the generated mode histogram and the uniform one.
+2,500); and the reverse KL between the high-quality samples' mode histogram and the uniform one.
 """
 
 import math
@@ -39,10 +39,11 @@ def quality(samples: np.ndarray, modes: int, radius: float, stddev: float, min_p
   nearest = distances.argmin(axis=1)
   good = distances.min(axis=1) <= 3 * stddev
   per_mode = np.bincount(nearest[good], minlength=modes)
-  p = per_mode / max(per_mode.sum(), 1)
-  reverse_kl = float(np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-12) * modes), 0.0)))
-  return {"modes_covered": int(np.sum(per_mode >= min_per_mode)), "high_quality_fraction": float(good.mean()),
-          "reverse_kl": reverse_kl}
+  figures = {"modes_covered": int(np.sum(per_mode >= min_per_mode)), "high_quality_fraction": float(good.mean())}
+  if per_mode.sum():  # undefined without high-quality samples, so left out rather than reported as 0
+    p = per_mode / per_mode.sum()
+    figures["reverse_kl"] = float(np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-12) * modes), 0.0)))
+  return figures
 
 
 @gin.configurable
