@@ -15,36 +15,38 @@ from trainer.errors import UserError
 
 
 def make_manager(
-    model_dir: str,
+    directory: str,
     models: Mapping[str, keras.Model],
     optimizers: Mapping[str, keras.optimizers.Optimizer],
     counters: Mapping[str, tf.Variable],
     max_to_keep: int,
 ) -> tf.train.CheckpointManager:
-  """A CheckpointManager over all training state, writing to model_dir/checkpoints."""
+  """A CheckpointManager over all training state, writing to `directory`."""
   checkpoint = tf.train.Checkpoint(
       **{f"model_{n}": m for n, m in models.items()},
       **{f"optimizer_{n}": o for n, o in optimizers.items()},
       **counters,
   )
   return tf.train.CheckpointManager(
-      checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=max_to_keep, step_counter=counters["update"]
+      checkpoint, directory, max_to_keep=max_to_keep, step_counter=counters["update"]
   )
 
 
-def restore_latest(manager: tf.train.CheckpointManager) -> str | None:
-  """Restores the newest checkpoint, if any, and returns its path.
+def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
+  """Restores the newest checkpoint in `directory`, if any, and returns its path.
 
+  Every worker restores from the chief's directory (a non-chief worker saves to a private one it deletes).
   Raises UserError, naming the files, when the checkpoint is unreadable or does not match the configured models.
   Nothing is deleted: the user decides whether to remove a damaged checkpoint or pick another model_dir.
   """
-  path = manager.latest_checkpoint
-  if path is None:
+  state = tf.train.get_checkpoint_state(directory)
+  if state is None or not state.model_checkpoint_path:
     return None
-  older = [p for p in manager.checkpoints if p != path]
+  path = state.model_checkpoint_path
+  older = [p for p in state.all_model_checkpoint_paths if p != path]
   fallback = f"; the previous one, {os.path.basename(older[-1])}, is then used" if older else ""
   try:
-    manager.checkpoint.restore(path).assert_existing_objects_matched()
+    checkpoint.restore(path).assert_existing_objects_matched()
   except Exception as e:  # pylint: disable=broad-except  (the reader raises OpError, IndexError, ValueError, ...)
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise UserError(

@@ -30,7 +30,7 @@ def run() -> None:
   if not _GIN_FILE.value:
     raise UserError("give at least one --gin_file, e.g. --gin_file=configs/smoke.gin")
   config.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
-  distribution = strategy.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value)
+  distribution = strategy.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value, os.environ.get("TF_CONFIG"))
   try:
     train.train(_MODEL_DIR.value, distribution, on_setup=config.write_operative_config)
   except RuntimeError as e:

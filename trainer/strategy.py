@@ -1,10 +1,33 @@
 """Choosing the tf.distribute strategy, and splitting the CPU into logical devices to mirror over."""
 
+import json
+
 import tensorflow as tf
 
 from trainer.errors import UserError
 
-STRATEGIES = ("auto", "mirrored", "one_device")
+STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+
+
+def cluster_tasks(tf_config: str | None) -> int:
+  """How many training tasks (chief + workers) TF_CONFIG describes; 0 without TF_CONFIG. Validates it."""
+  if not tf_config:
+    return 0
+  try:
+    parsed = json.loads(tf_config)
+  except json.JSONDecodeError as e:
+    raise UserError(f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}); see WORKSPACE.md") from e
+  cluster, task = (parsed.get("cluster"), parsed.get("task")) if isinstance(parsed, dict) else (None, None)
+  if not isinstance(cluster, dict) or not isinstance(task, dict):
+    raise UserError('TF_CONFIG needs "cluster" and "task" objects, e.g. {"cluster": {"worker": ["host:port", ...]}, '
+                    '"task": {"type": "worker", "index": 0}}')
+  kind, index = task.get("type"), task.get("index")
+  if kind not in cluster:
+    raise UserError(f"TF_CONFIG task type {kind!r} is not in its cluster ({', '.join(cluster)})")
+  if not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+    raise UserError(f"TF_CONFIG task index {index!r} is out of range: the cluster has {len(cluster[kind])} "
+                    f"{kind} task(s)")
+  return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
 
 
 def split_cpu(replicas: int) -> None:
@@ -21,10 +44,14 @@ def split_cpu(replicas: int) -> None:
     raise UserError(f"cannot split the CPU into {replicas} devices after TensorFlow started: {e}") from e
 
 
-def make_strategy(name: str = "auto", cpu_replicas: int = 1) -> tf.distribute.Strategy:
-  """Creates the strategy named by `--strategy`.
+def make_strategy(name: str = "auto", cpu_replicas: int = 1, tf_config: str | None = None) -> tf.distribute.Strategy:
+  """Creates the strategy named by `--strategy`. Call it before anything else initialises TensorFlow.
 
-  auto: MirroredStrategy over the visible GPUs, or over `cpu_replicas` logical CPU devices when there are none.
+  auto: MultiWorkerMirroredStrategy when `tf_config` (the TF_CONFIG variable) describes more than one task
+    (a 'chief' counts as a worker), else MirroredStrategy over the visible GPUs, or over `cpu_replicas` logical
+    CPU devices when there are none.
+  multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG (one task without it); each worker mirrors over its
+    GPUs, or uses its CPU as one replica.
   mirrored: the same, and it is an error to ask for CPU replicas when GPUs are visible.
   one_device: OneDeviceStrategy on the first GPU, or the CPU.
   On GPUs MirroredStrategy all-reduces with NCCL (its default); on CPU with collective ops. GPU paths are not
@@ -32,6 +59,11 @@ def make_strategy(name: str = "auto", cpu_replicas: int = 1) -> tf.distribute.St
   """
   if name not in STRATEGIES:
     raise UserError(f"--strategy={name} is unknown; choose one of {', '.join(STRATEGIES)}")
+  tasks = cluster_tasks(tf_config)
+  if name == "multi_worker" or (name == "auto" and tasks > 1):
+    if cpu_replicas > 1:
+      raise UserError("--cpu_replicas applies to one host; with several workers each worker is one CPU replica")
+    return tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG itself
   split_cpu(cpu_replicas)
   gpus = tf.config.list_logical_devices("GPU")
   if name == "one_device":

@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from typing import Callable, Mapping
@@ -138,7 +140,7 @@ def train(
     log_every: updates between progress lines / metrics.jsonl records / TensorBoard scalars.
     checkpoint_every: updates between checkpoints (one is also written at the end).
     keep_checkpoints: how many recent checkpoints to keep.
-    evaluate: optional quality measurement, run every `eval_every` updates and at the end.
+    evaluate: optional quality measurement, run by the chief every `eval_every` updates and at the end.
     eval_every: updates between evaluations; 0 evaluates only at the end.
     on_setup: called with model_dir once everything is built (trainer.main writes the operative config there).
   """
@@ -153,8 +155,11 @@ def train(
 
   built, opts, counters = _build(strategy, {n: models[n] for n in sorted(models)},
                                  {n: optimizers[n] for n in sorted(optimizers)}, seed)
-  manager = checkpoints.make_manager(model_dir, built, opts, counters, keep_checkpoints)
-  checkpoints.restore_latest(manager)
+  # Every worker must call save (the variables need all of them); only the chief's copy is kept.
+  checkpoint_dir = os.path.join(model_dir, "checkpoints")
+  save_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="trainer-worker-checkpoints-")
+  manager = checkpoints.make_manager(save_dir, built, opts, counters, keep_checkpoints)
+  checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
   update = int(counters["update"].numpy())
   if update >= train_steps:
     logging.info("%s already holds %d updates (train_steps=%d): nothing to do", model_dir, update, train_steps)
@@ -198,7 +203,7 @@ def train(
         last_log = telemetry.flush(update, phase.model, remaining)
       if update % checkpoint_every == 0 or update == train_steps:
         manager.save(checkpoint_number=update)
-      if evaluate and (update == train_steps or (eval_every and update % eval_every == 0)):
+      if chief and evaluate and (update == train_steps or (eval_every and update % eval_every == 0)):
         start = time.perf_counter()
         last_eval = {f"eval/{k}": float(v) for k, v in evaluate(built, model_dir).items()}
         logging.info("eval at update %d (%.1fs): %s", update, time.perf_counter() - start,
@@ -206,4 +211,6 @@ def train(
         telemetry.write({"update": update, **last_eval}, update)
   finally:
     telemetry.close()
+    if not chief:
+      shutil.rmtree(save_dir, ignore_errors=True)
   return Run(built, opts, loops, update, last_log, last_eval)
