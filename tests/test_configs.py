@@ -23,7 +23,7 @@ def test_config_parses_and_sets_the_contract(path):
   for parameter in ("models", "optimizers", "losses", "examples", "schedule"):
     gin.query_parameter(f"train.{parameter}")  # raises if unbound
   with open(path, encoding="utf-8") as f:
-    head = f.read(600)
+    head = f.read(1500)
   assert head.startswith("#") and "python -m trainer.main" in head  # says what it is and how to run it
 
 

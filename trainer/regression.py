@@ -32,3 +32,18 @@ def absolute_error(models: Mapping[str, keras.Model], batch: dict, model: str) -
   """Per-example mean absolute error of `model`'s prediction of y."""
   error = models[model](batch["x"], training=True) - batch["y"]
   return {"loss": tf.reduce_mean(tf.abs(error), axis=1)}
+
+
+@gin.configurable
+def regression_quality(models: Mapping[str, keras.Model], model_dir: str, examples: int = 4096,
+                       first_index: int = 2**40) -> dict:
+  """Each model's mean squared and absolute error on held-out examples (indices far beyond any training run's)."""
+  del model_dir  # figures only
+  batch = regression_examples(tf.range(first_index, first_index + examples, dtype=tf.int64),
+                              input_dim=next(iter(models.values())).input_shape[-1])
+  figures = {}
+  for name, model in models.items():
+    error = model(batch["x"], training=False) - batch["y"]
+    figures[f"{name}/mse"] = float(tf.reduce_mean(tf.square(error)))
+    figures[f"{name}/mae"] = float(tf.reduce_mean(tf.abs(error)))
+  return figures
