@@ -111,7 +111,7 @@ class PhaseLoop:
       row = tf.stack([local(figures[n]) for n in self.figure_names])
       rows = rows.write(i, row)
       # All replicas hold the same reduced values, so they all take the same branch.
-      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(local(g))) for g in grads] + [tf.reduce_all(tf.math.is_finite(row))])
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in [row, *map(local, grads)]])
       if not finite:
         break
       self._optimizer.apply_gradients(zip(grads, variables))

@@ -53,7 +53,7 @@ class Telemetry:
       self._counts[key] = self._counts.get(key, 0) + rows.shape[0]
     self._examples += examples
 
-  def flush(self, update: int, phase: str, remaining_examples: int, extra: Mapping[str, float] = ()) -> dict:
+  def flush(self, update: int, phase: str, remaining_examples: int) -> dict:
     """Writes the interval ending at `update` and starts a new one. Returns the JSON object written."""
     now = time.perf_counter()
     elapsed = max(now - self._start, 1e-9)
@@ -69,7 +69,6 @@ class Telemetry:
         "examples_per_sec": rate,
         "eta_sec": eta if math.isfinite(eta) else None,
         **figures,
-        **dict(extra),
     }
     shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(self._last.items()))
     logging.info(

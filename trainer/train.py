@@ -96,6 +96,15 @@ def _build(strategy, factories, optimizer_factories, seed):
   return models, optimizers, counters
 
 
+def _evaluate(evaluate: Evaluate, models, model_dir: str, update: int, telemetry: Telemetry) -> dict:
+  start = time.perf_counter()
+  figures = {f"eval/{k}": float(v) for k, v in evaluate(models, model_dir).items()}
+  logging.info("eval at update %d (%.1fs): %s", update, time.perf_counter() - start,
+               " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+  telemetry.write({"update": update, **figures}, update)
+  return figures
+
+
 def _next_multiple(update: int, every: int) -> int:
   return (update // every + 1) * every if every > 0 else np.iinfo(np.int64).max
 
@@ -147,6 +156,8 @@ def train(
   for name, value in (("steps_per_loop", steps_per_loop), ("log_every", log_every),
                       ("checkpoint_every", checkpoint_every), ("keep_checkpoints", keep_checkpoints)):
     _positive(f"train.{name}", value)
+  if not isinstance(eval_every, int) or eval_every < 0:
+    raise UserError(f"train.eval_every must be an integer >= 0 (0: only at the end), got {eval_every!r}")
   replicas = strategy.num_replicas_in_sync
   _validate(models, optimizers, losses, schedule, train_steps, global_batch_size, replicas)
   chief = is_chief(strategy)
@@ -158,22 +169,21 @@ def train(
   # Every worker must call save (the variables need all of them); only the chief's copy is kept.
   checkpoint_dir = os.path.join(model_dir, "checkpoints")
   save_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="trainer-worker-checkpoints-")
-  manager = checkpoints.make_manager(save_dir, built, opts, counters, keep_checkpoints)
-  checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
-  update = int(counters["update"].numpy())
-  if update >= train_steps:
-    logging.info("%s already holds %d updates (train_steps=%d): nothing to do", model_dir, update, train_steps)
-  if chief and on_setup:
-    on_setup(model_dir)
-  logging.info("training %s with %s on %d replica(s), global batch %d, from update %d of %d",
-               ", ".join(built), schedule, replicas, global_batch_size, update, train_steps)
-
-  iterator = distributed_iterator(strategy, examples, global_batch_size, int(counters["micro_batch"].numpy()))
-  loops: dict[tuple[str, int], PhaseLoop] = {}
   telemetry = Telemetry(model_dir, train_steps, write_files=chief)
+  loops: dict[tuple[str, int], PhaseLoop] = {}
   last_log, last_eval = {}, {}
-  total_micro = schedule.micro_batches_before(train_steps)
   try:
+    manager = checkpoints.make_manager(save_dir, built, opts, counters, keep_checkpoints)
+    checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
+    update = int(counters["update"].numpy())
+    if update >= train_steps:
+      logging.info("%s already holds %d updates (train_steps=%d): nothing to do", model_dir, update, train_steps)
+    if chief and on_setup:
+      on_setup(model_dir)
+    logging.info("training %s with %s on %d replica(s), global batch %d, from update %d of %d",
+                 ", ".join(built), schedule, replicas, global_batch_size, update, train_steps)
+    iterator = distributed_iterator(strategy, examples, global_batch_size, int(counters["micro_batch"].numpy()))
+    total_micro = schedule.micro_batches_before(train_steps)
     while update < train_steps:
       position = schedule.position(update)
       phase = position.phase
@@ -189,7 +199,7 @@ def train(
       rows, applied = loop.loop(iterator, tf.constant(n, tf.int32))
       rows, applied = rows.numpy(), int(applied.numpy())
       telemetry.record(phase.model, loop.figure_names, rows[:applied],
-                        applied * phase.micro_batches * global_batch_size)
+                       applied * phase.micro_batches * global_batch_size)
       update += applied
       if applied < n:
         saved = manager.save(checkpoint_number=update, check_interval=False)
@@ -204,11 +214,7 @@ def train(
       if update % checkpoint_every == 0 or update == train_steps:
         manager.save(checkpoint_number=update)
       if chief and evaluate and (update == train_steps or (eval_every and update % eval_every == 0)):
-        start = time.perf_counter()
-        last_eval = {f"eval/{k}": float(v) for k, v in evaluate(built, model_dir).items()}
-        logging.info("eval at update %d (%.1fs): %s", update, time.perf_counter() - start,
-                     " ".join(f"{k}={v:.4g}" for k, v in last_eval.items()))
-        telemetry.write({"update": update, **last_eval}, update)
+        last_eval = _evaluate(evaluate, built, model_dir, update, telemetry)
   finally:
     telemetry.close()
     if not chief:
