@@ -1,10 +1,10 @@
 """MultiWorkerMirroredStrategy with real worker processes on loopback (trainer.strategy, trainer.train)."""
 
-import json
 import os
-import socket
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,23 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--gin_file=configs/smoke.gin", "--gin_file=tests/equivalence.gin"]  # see that file
 
 
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
-def _start(model_dir, tf_config=None, extra=()):
-  env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # gRPC honours proxies even for loopback: drop them
-  if tf_config:
-    env["TF_CONFIG"] = json.dumps(tf_config)
-  return subprocess.Popen([sys.executable, "-m", "trainer.main", f"--model_dir={model_dir}", *ARGS, *extra],
-                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _run(*args, timeout=300):
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _state(model_dir):
@@ -42,28 +28,60 @@ def _state(model_dir):
           if "OBJECT_GRAPH" not in n and "save_counter" not in n}
 
 
+def _max_diff(one, two):
+  assert one.keys() == two.keys() and len(one) >= 12  # both models: 3 kernels and 3 biases each
+  return max(float(np.max(np.abs(one[n] - two[n]))) for n in one)
+
+
 @pytest.mark.slow
 def test_two_workers_end_on_the_weights_of_one_replica(tmp_path):
-  single = _start(tmp_path / "single")
-  out, _ = single.communicate(timeout=300)
-  assert single.returncode == 0, out[-3000:]
-
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-  workers = [_start(tmp_path / "multi", {"cluster": cluster, "task": {"type": "worker", "index": i}})
-             for i in range(2)]
-  outputs = [w.communicate(timeout=300)[0] for w in workers]
-  for w, out in zip(workers, outputs):
-    assert w.returncode == 0, out[-3000:]
-  assert "MultiWorkerMirroredStrategy" in outputs[0] and "on 2 replica(s)" in outputs[0]
-
-  one, two = _state(tmp_path / "single"), _state(tmp_path / "multi")
-  assert one.keys() == two.keys() and len(one) >= 12  # both models: 3 kernels and 3 biases each
-  diff = max(float(np.max(np.abs(one[n] - two[n]))) for n in one)
+  single = _run("-m", "trainer.main", f"--model_dir={tmp_path / 'single'}", *ARGS)
+  assert single.returncode == 0, single.stderr[-3000:]
+  multi = _run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={tmp_path / 'multi'}", *ARGS)
+  assert multi.returncode == 0, multi.stdout[-3000:]
+  assert "[worker 0]" in multi.stdout and "MultiWorkerMirroredStrategy" in multi.stdout
+  assert "on 2 replica(s)" in multi.stdout
+  diff = _max_diff(_state(tmp_path / "single"), _state(tmp_path / "multi"))
   print(f"max |w(1 replica) - w(2 workers)| = {diff:.3g}")
   assert diff <= 1e-6, diff
-  # Only the chief (worker 0) wrote the run's files; the other worker deleted its private checkpoints.
+  # Only the chief (worker 0) wrote the run's files and evaluated.
   assert {"checkpoints", "metrics.jsonl", "operative_config.gin", "summaries"} <= set(os.listdir(tmp_path / "multi"))
-  assert "update 12/12" in outputs[0] and "eval at update 12" in outputs[0] and "eval at" not in outputs[1]
+  assert "[worker 0] " in multi.stdout.split("eval at update 12")[0].splitlines()[-1]
+  assert not any(line.startswith("[worker 1]") and "eval at" in line for line in multi.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_the_job_which_ends_on_the_uninterrupted_weights(tmp_path):
+  longer = [*ARGS, "--gin_bindings=TRAIN_STEPS=600", "--gin_bindings=train.log_every=100",
+            "--gin_bindings=train.checkpoint_every=200", "--gin_bindings=train.steps_per_loop=20"]
+  # The reference is an uninterrupted run on the same topology: over 600 GAN updates the 1e-7 rounding difference
+  # between 1 and 2 replicas grows (seen: 1.7), so only the same topology is expected to match exactly.
+  whole = _run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={tmp_path / 'whole'}", *longer)
+  assert whole.returncode == 0, whole.stdout[-3000:]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  launcher = subprocess.Popen(
+      [sys.executable, "-m", "launch.local", "--num_workers=2", "--max_restarts=1", "--grace_seconds=5", "--",
+       f"--model_dir={tmp_path / 'multi'}", *longer],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines, killed_at = [], None
+  for line in launcher.stdout:
+    lines.append(line)
+    if line.startswith("[launch] started") and not killed_at:
+      pids = [int(p) for p in line.split("(pids ")[1].rstrip(")\n").split()]
+    if line.startswith("[worker 1]") and "update 200/600" in line and not killed_at:
+      killed_at = time.monotonic()
+      os.kill(pids[1], signal.SIGKILL)
+    if line.startswith("[launch] restarting") and killed_at:
+      detected = time.monotonic() - killed_at
+  launcher.wait(timeout=300)
+  output = "".join(lines)
+  assert launcher.returncode == 0, output[-3000:]
+  assert killed_at and "worker 1 exited with code 137" in output, output[-3000:]
+  assert detected <= 30, detected
+  assert "from update 200 of 600" in output  # the restarted job resumed from the last checkpoint
+  diff = _max_diff(_state(tmp_path / "whole"), _state(tmp_path / "multi"))
+  print(f"crash at update 200, detected in {detected:.1f}s; max |w(uninterrupted) - w(restarted)| = {diff:.3g}")
+  assert diff <= 1e-6, diff
 
 
 @pytest.mark.parametrize("tf_config, message", [
