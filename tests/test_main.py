@@ -2,18 +2,16 @@
 
 import json
 import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
 
+from tests import processes
+from tests.processes import REPO
 from trainer import main
 from trainer.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "smoke.gin")
 
 
@@ -25,9 +23,7 @@ def run_in_process(*args):
 
 
 def run_cli(*args, timeout=300):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  return subprocess.run([sys.executable, "-m", "trainer.main", *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return processes.run("-m", "trainer.main", *args, timeout=timeout)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -82,13 +78,6 @@ def test_smoke_run_writes_everything_and_a_rerun_resumes(tmp_path):
   assert "from update 24 of 30" in more.stderr
 
 
-def _final_state(model_dir):
-  """Every tensor of the final checkpoint: weights, optimizer slots and iterations, counters."""
-  reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
-  names = [n for n in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in n and "save_counter" not in n]
-  return {n: reader.get_tensor(n) for n in names}
-
-
 @pytest.mark.slow
 def test_one_two_and_four_cpu_replicas_end_on_the_same_weights(tmp_path):
   # Each run is its own process: one strategy per process, as in production.
@@ -98,10 +87,9 @@ def test_one_two_and_four_cpu_replicas_end_on_the_same_weights(tmp_path):
                      f"--model_dir={tmp_path / str(replicas)}", f"--cpu_replicas={replicas}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"on {replicas} replica(s)" in result.stderr
-    weights[replicas] = _final_state(tmp_path / str(replicas))
-  assert len(weights[1]) >= 12  # both models' kernels and biases
+    weights[replicas] = processes.checkpoint_state(tmp_path / str(replicas))
   for replicas in (2, 4):
-    diff = max(float(np.max(np.abs(weights[1][n] - weights[replicas][n]))) for n in weights[1])
+    diff = processes.max_diff(weights[1], weights[replicas])
     print(f"max |w(1 replica) - w({replicas} replicas)| = {diff:.3g}")
     assert diff <= 1e-6, (replicas, diff)
 

@@ -6,42 +6,24 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-import tensorflow as tf
 
+from tests.processes import REPO, checkpoint_state, max_diff, run
 from trainer.errors import UserError
 from trainer.strategy import cluster_tasks
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--gin_file=configs/smoke.gin", "--gin_file=tests/equivalence.gin"]  # see that file
-
-
-def _run(*args, timeout=300):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _state(model_dir):
-  reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
-  return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
-          if "OBJECT_GRAPH" not in n and "save_counter" not in n}
-
-
-def _max_diff(one, two):
-  assert one.keys() == two.keys() and len(one) >= 12  # both models: 3 kernels and 3 biases each
-  return max(float(np.max(np.abs(one[n] - two[n]))) for n in one)
 
 
 @pytest.mark.slow
 def test_two_workers_end_on_the_weights_of_one_replica(tmp_path):
-  single = _run("-m", "trainer.main", f"--model_dir={tmp_path / 'single'}", *ARGS)
+  single = run("-m", "trainer.main", f"--model_dir={tmp_path / 'single'}", *ARGS)
   assert single.returncode == 0, single.stderr[-3000:]
-  multi = _run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={tmp_path / 'multi'}", *ARGS)
+  multi = run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={tmp_path / 'multi'}", *ARGS)
   assert multi.returncode == 0, multi.stdout[-3000:]
   assert "[worker 0]" in multi.stdout and "MultiWorkerMirroredStrategy" in multi.stdout
   assert "on 2 replica(s)" in multi.stdout
-  diff = _max_diff(_state(tmp_path / "single"), _state(tmp_path / "multi"))
+  diff = max_diff(checkpoint_state(tmp_path / "single"), checkpoint_state(tmp_path / "multi"))
   print(f"max |w(1 replica) - w(2 workers)| = {diff:.3g}")
   assert diff <= 1e-6, diff
   # Only the chief (worker 0) wrote the run's files and evaluated.
@@ -56,7 +38,7 @@ def test_a_killed_worker_restarts_the_job_which_ends_on_the_uninterrupted_weight
             "--gin_bindings=train.checkpoint_every=200", "--gin_bindings=train.steps_per_loop=20"]
   # The reference is an uninterrupted run on the same topology: over 600 GAN updates the 1e-7 rounding difference
   # between 1 and 2 replicas grows (seen: 1.7), so only the same topology is expected to match exactly.
-  whole = _run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={tmp_path / 'whole'}", *longer)
+  whole = run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={tmp_path / 'whole'}", *longer)
   assert whole.returncode == 0, whole.stdout[-3000:]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   launcher = subprocess.Popen(
@@ -79,7 +61,7 @@ def test_a_killed_worker_restarts_the_job_which_ends_on_the_uninterrupted_weight
   assert killed_at and "worker 1 exited with code 137" in output, output[-3000:]
   assert detected <= 30, detected
   assert "from update 200 of 600" in output  # the restarted job resumed from the last checkpoint
-  diff = _max_diff(_state(tmp_path / "whole"), _state(tmp_path / "multi"))
+  diff = max_diff(checkpoint_state(tmp_path / "whole"), checkpoint_state(tmp_path / "multi"))
   print(f"crash at update 200, detected in {detected:.1f}s; max |w(uninterrupted) - w(restarted)| = {diff:.3g}")
   assert diff <= 1e-6, diff
 

@@ -7,7 +7,6 @@ centre; a mode is *covered* if at least `min_per_mode` high-quality samples fall
 """
 
 import math
-import os
 from typing import Mapping
 
 import gin
