@@ -5,7 +5,9 @@ Starts N `trainer.main` processes with TF_CONFIG on free loopback ports, prints 
 SIGKILL after --grace_seconds) and, while --max_restarts allows, all of them are started again and resume from the
 last checkpoint. That is the restart model TF documents for MultiWorkerMirroredStrategy: a lone restarted worker
 cannot rejoin its peers' collectives. Exit codes 2 and 3 (bad input, non-finite loss) are not retried: a restart
-would fail the same way.
+would fail the same way. A worker that exits 42 was preempted (SIGTERM) after saving; that too restarts the job.
+SIGTERM to the launcher itself is passed on to every worker (they save and exit 42) and is not followed by a
+restart: the launcher exits with worker 0's code.
 """
 
 import json
@@ -25,6 +27,15 @@ _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 0, "Times to restart the wh
 _GRACE = flags.DEFINE_float("grace_seconds", 10.0, "Time between SIGTERM and SIGKILL when stopping workers.")
 
 NOT_RETRIED = (2, 3)  # trainer.main's exit codes for bad input and for a non-finite loss
+
+
+class Terminated(Exception):
+  """The launcher itself received SIGTERM."""
+
+
+def _on_sigterm(signum, frame):
+  del signum, frame
+  raise Terminated()
 
 
 def free_ports(n: int) -> list[int]:
@@ -95,6 +106,10 @@ def run_once(num_workers: int, trainer_args: list[str], grace: float) -> int:
   except KeyboardInterrupt:
     _stop(workers, grace)
     raise
+  except Terminated:
+    _stop(workers, grace)  # SIGTERM first: each worker saves at its next loop boundary and exits 42
+    code = workers[0].returncode
+    raise Terminated(128 - code if code < 0 else code) from None
   finally:
     for p in pumps:
       p.join(timeout=5)
@@ -105,8 +120,13 @@ def main(argv: list[str]) -> None:
   if not trainer_args:
     raise app.UsageError("give the trainer.main flags after '--', e.g. -- --gin_file=configs/smoke.gin "
                          "--model_dir=/tmp/run")
+  signal.signal(signal.SIGTERM, _on_sigterm)
   for attempt in range(_MAX_RESTARTS.value + 1):
-    code = run_once(_NUM_WORKERS.value, trainer_args, _GRACE.value)
+    try:
+      code = run_once(_NUM_WORKERS.value, trainer_args, _GRACE.value)
+    except Terminated as e:
+      print(f"[launch] SIGTERM passed on to the workers; worker 0 exited with code {e.args[0]}", flush=True)
+      sys.exit(e.args[0])
     if code == 0 or code in NOT_RETRIED:
       sys.exit(code)
     if attempt < _MAX_RESTARTS.value:

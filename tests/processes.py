@@ -10,9 +10,9 @@ import tensorflow as tf
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*args, timeout=300) -> subprocess.CompletedProcess:
-  """Runs `python *args` in the repository, capturing its output."""
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def run(*args, timeout=300, env=None) -> subprocess.CompletedProcess:
+  """Runs `python *args` in the repository, capturing its output; `env` adds to this process's environment."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
   return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

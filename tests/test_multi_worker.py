@@ -1,5 +1,6 @@
 """MultiWorkerMirroredStrategy with real worker processes on loopback (trainer.strategy, trainer.train)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import time
 
 import pytest
 
+from launch.local import free_ports
 from tests.processes import REPO, checkpoint_state, max_diff, run
 from trainer.errors import UserError
 from trainer.strategy import cluster_tasks
@@ -32,38 +34,102 @@ def test_two_workers_end_on_the_weights_of_one_replica(tmp_path):
   assert not any(line.startswith("[worker 1]") and "eval at" in line for line in multi.stdout.splitlines())
 
 
-@pytest.mark.slow
-def test_a_killed_worker_restarts_the_job_which_ends_on_the_uninterrupted_weights(tmp_path):
-  longer = [*ARGS, "--gin_bindings=TRAIN_STEPS=600", "--gin_bindings=train.log_every=100",
-            "--gin_bindings=train.checkpoint_every=200", "--gin_bindings=train.steps_per_loop=20"]
-  # The reference is an uninterrupted run on the same topology: over 600 GAN updates the 1e-7 rounding difference
-  # between 1 and 2 replicas grows (seen: 1.7), so only the same topology is expected to match exactly.
-  whole = run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={tmp_path / 'whole'}", *longer)
+LONGER = [*ARGS, "--gin_bindings=TRAIN_STEPS=600", "--gin_bindings=train.log_every=100",
+          "--gin_bindings=train.eval_every=0", "--gin_bindings=train.checkpoint_every=200",
+          "--gin_bindings=train.steps_per_loop=20"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The checkpoint state of an uninterrupted 2-worker LONGER run.
+
+  The reference for interrupted runs is the same topology: over 600 GAN updates the 1e-7 rounding difference
+  between 1 and 2 replicas grows (seen: 1.7), so only the same topology is expected to match exactly.
+  """
+  model_dir = tmp_path_factory.mktemp("whole")
+  whole = run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={model_dir}", *LONGER)
   assert whole.returncode == 0, whole.stdout[-3000:]
+  return checkpoint_state(model_dir)
+
+
+def _launch_and_signal(model_dir, sig, worker, at_line, launcher_flags=(), trainer_flags=LONGER):
+  """Runs launch.local with 2 workers and sends `sig` to `worker` when a line containing `at_line` appears.
+
+  Returns (output, exit code, seconds from the signal until every worker of the signalled run had exited: the
+  launcher's restart line, or its own exit).
+  """
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   launcher = subprocess.Popen(
-      [sys.executable, "-m", "launch.local", "--num_workers=2", "--max_restarts=1", "--grace_seconds=5", "--",
-       f"--model_dir={tmp_path / 'multi'}", *longer],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines, killed_at = [], None
+      [sys.executable, "-m", "launch.local", "--num_workers=2", *launcher_flags, "--", f"--model_dir={model_dir}",
+       *trainer_flags], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines, sent, stopped = [], None, None
   for line in launcher.stdout:
     lines.append(line)
-    if line.startswith("[launch] started") and not killed_at:
+    if line.startswith("[launch] started") and not sent:
       pids = [int(p) for p in line.split("(pids ")[1].rstrip(")\n").split()]
-    if line.startswith("[worker 1]") and "update 200/600" in line and not killed_at:
-      killed_at = time.monotonic()
-      os.kill(pids[1], signal.SIGKILL)
-    if line.startswith("[launch] restarting") and killed_at:
-      detected = time.monotonic() - killed_at
+    if at_line in line and not sent:
+      sent = time.monotonic()
+      os.kill(pids[worker], sig)
+    if line.startswith("[launch] restarting") and sent and stopped is None:
+      stopped = time.monotonic() - sent
   launcher.wait(timeout=300)
+  stopped = stopped or time.monotonic() - sent
   output = "".join(lines)
-  assert launcher.returncode == 0, output[-3000:]
-  assert killed_at and "worker 1 exited with code 137" in output, output[-3000:]
-  assert detected <= 30, detected
+  assert sent, output[-3000:]
+  return output, launcher.returncode, stopped
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_the_job_which_ends_on_the_uninterrupted_weights(tmp_path, uninterrupted):
+  output, code, stopped = _launch_and_signal(tmp_path, signal.SIGKILL, 1, "update 200/600",
+                                              ["--max_restarts=1", "--grace_seconds=5"])
+  assert code == 0, output[-3000:]
+  assert "worker 1 exited with code 137" in output, output[-3000:]
+  assert stopped <= 30, stopped
   assert "from update 200 of 600" in output  # the restarted job resumed from the last checkpoint
-  diff = max_diff(checkpoint_state(tmp_path / "whole"), checkpoint_state(tmp_path / "multi"))
-  print(f"crash at update 200, detected in {detected:.1f}s; max |w(uninterrupted) - w(restarted)| = {diff:.3g}")
+  diff = max_diff(uninterrupted, checkpoint_state(tmp_path))
+  print(f"crash after update 200, stopped in {stopped:.1f}s; max |w(uninterrupted) - w(restarted)| = {diff:.3g}")
   assert diff <= 1e-6, diff
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_saves_on_all_and_the_relaunch_loses_nothing(tmp_path, uninterrupted):
+  output, code, stopped = _launch_and_signal(tmp_path, signal.SIGTERM, 1, "update 300/600",
+                                              ["--max_restarts=1", "--grace_seconds=20"])
+  assert code == 0, output[-3000:]
+  saved = [line for line in output.splitlines() if "preempted: SIGTERM received; saved update" in line]
+  assert {line.split("]")[0] for line in saved} == {"[worker 0", "[worker 1"}, output[-3000:]  # both, same update
+  update = int(saved[0].split("saved update ")[1].split()[0])
+  assert all(f"saved update {update} of 600" in line for line in saved)
+  assert 300 <= update < 400 and update % 200, update  # not a checkpoint_every multiple: saved for the signal
+  assert "exited with code 42" in output and f"from update {update} of 600" in output
+  assert stopped <= 20, stopped  # both workers saved and exited within the grace period
+  diff = max_diff(uninterrupted, checkpoint_state(tmp_path))
+  print(f"SIGTERM after update 300: saved update {update}, exited in {stopped:.1f}s; max |diff| = {diff:.3g}")
+  assert diff <= 1e-6, diff
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_ends_the_job_with_a_clear_error_in_bounded_time(tmp_path):
+  output, code, stopped = _launch_and_signal(
+      tmp_path, signal.SIGSTOP, 0, "update 300/", ["--grace_seconds=2"],
+      [*LONGER, "--gin_bindings=TRAIN_STEPS=100000", "--stall_timeout=30"])
+  assert code == 4, output[-3000:]
+  assert "error: lost contact with a peer worker" in output or "did not finish within 30 s" in output, output[-3000:]
+  print(f"worker 0 stopped (SIGSTOP) after update 300: the job ended in {stopped:.1f}s")
+  assert stopped <= 35, stopped
+
+
+@pytest.mark.slow
+def test_a_peer_that_never_starts_is_named_after_the_startup_timeout(tmp_path):
+  absent = "127.0.0.1:9"  # the discard port: nothing listens there
+  env = {"TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_ports(1)[0]}", absent]},
+                                  "task": {"type": "worker", "index": 0}})}
+  start = time.monotonic()
+  result = run("-m", "trainer.main", f"--model_dir={tmp_path}", *ARGS, "--startup_timeout=3", env=env)
+  assert result.returncode == 4, result.stderr[-3000:]
+  assert f"peer task(s) 1 at {absent} did not join within 3 s" in result.stderr, result.stderr[-3000:]
+  assert time.monotonic() - start < 60
 
 
 @pytest.mark.parametrize("tf_config, message", [

@@ -1,8 +1,8 @@
 r"""Entry point: python -m trainer.main --gin_file=configs/X.gin --model_dir=DIR [flags].
 
-Intentionally short: parse flags and gin, create the strategy, call trainer.train.train. Errors the user can fix
-print one line and exit 2 (bad input) or 3 (training stopped, e.g. on a non-finite loss); add --verbosity=1 for
-the traceback.
+Intentionally short: parse flags and gin, create the strategy, call trainer.train.train. Problems print one line
+and exit with a documented code (WORKSPACE.md): 2 bad input, 3 non-finite loss, 4 a peer worker missing, lost or
+stalled, 42 preempted (SIGTERM; state saved, relaunch to resume). Add --verbosity=1 for the traceback.
 """
 
 import os
@@ -22,6 +22,9 @@ _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings 'NAM
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and metrics; reruns resume.")
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", list(strategy.STRATEGIES), "tf.distribute strategy.")
 _CPU_REPLICAS = flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into N logical devices and mirror over them.")
+_STARTUP_TIMEOUT = flags.DEFINE_float("startup_timeout", 300, "Multi-worker: seconds to wait for every peer to start.")
+_STALL_TIMEOUT = flags.DEFINE_float("stall_timeout", 600, "Seconds one compiled training call may take before the "
+                                    "process exits with code 4 (a stalled peer); 0: no limit.")
 flags.mark_flag_as_required("model_dir")
 
 
@@ -30,9 +33,10 @@ def run() -> None:
   if not _GIN_FILE.value:
     raise UserError("give at least one --gin_file, e.g. --gin_file=configs/smoke.gin")
   config.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
-  distribution = strategy.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value, os.environ.get("TF_CONFIG"))
+  distribution = strategy.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value, _STARTUP_TIMEOUT.value)
   try:
-    train.train(_MODEL_DIR.value, distribution, on_setup=config.write_operative_config)
+    train.train(_MODEL_DIR.value, distribution, on_setup=config.write_operative_config,
+                stall_timeout=_STALL_TIMEOUT.value)
   except RuntimeError as e:
     if "Required bindings" in str(e):  # gin's message for a parameter marked gin.REQUIRED but never bound
       raise UserError(config.explain(e)) from e
@@ -47,7 +51,7 @@ def main(argv: list[str]) -> None:
   except UserError as e:
     if logging.get_verbosity() >= 1:
       traceback.print_exc()
-    print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+    print(f"{e.label}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
     sys.exit(e.exit_code)
   finally:
     gin.clear_config()

@@ -1,10 +1,17 @@
-"""Choosing the tf.distribute strategy, and splitting the CPU into logical devices to mirror over."""
+"""Choosing the tf.distribute strategy, and splitting the CPU into logical devices to mirror over.
+
+The cluster comes from the environment, as TensorFlow's own resolvers read it: TF_CONFIG (Kubernetes, Vertex AI,
+Kubeflow TFJob, launch.local), else the variables `srun` sets for a Slurm job step.
+"""
 
 import json
+import os
 
 import tensorflow as tf
+from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import expand_tasks_per_node
 
 from trainer.errors import UserError
+from trainer.faults import wait_for_peers
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 
@@ -30,6 +37,32 @@ def cluster_tasks(tf_config: str | None) -> int:
   return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
 
 
+def cluster_resolver() -> tf.distribute.cluster_resolver.ClusterResolver | None:
+  """The cluster of this process: TF_CONFIG if set (validated), else a Slurm step of several tasks, else None.
+
+  For Slurm, each task listens on $TRAINER_SLURM_PORT_BASE (default 8888) plus its rank on the node, and GPUs are
+  left as Slurm bound them (--gpus-per-task or one task per node); the resolver is not asked to assign them.
+  """
+  if os.environ.get("TF_CONFIG"):
+    cluster_tasks(os.environ["TF_CONFIG"])
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+    most = max(expand_tasks_per_node(os.environ["SLURM_STEP_TASKS_PER_NODE"]))
+    # gpus_per_node/gpus_per_task only shape the port layout here (one port per task on a node).
+    return tf.distribute.cluster_resolver.SlurmClusterResolver(
+        port_base=int(os.environ.get("TRAINER_SLURM_PORT_BASE", "8888")), gpus_per_node=most, gpus_per_task=1,
+        auto_set_gpu=False)
+  return None
+
+
+def task_addresses(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> tuple[list[str], int]:
+  """Every training task's address (chief first, then workers) and the index of this task among them."""
+  jobs = resolver.cluster_spec().as_dict()
+  tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(jobs.get(kind, [])))]
+  addresses = [jobs[kind][i] for kind, i in tasks]
+  return addresses, tasks.index((resolver.task_type, resolver.task_id))
+
+
 def split_cpu(replicas: int) -> None:
   """Makes `replicas` logical CPU devices. Must run before anything initialises the TF runtime."""
   if replicas < 1:
@@ -44,12 +77,13 @@ def split_cpu(replicas: int) -> None:
     raise UserError(f"cannot split the CPU into {replicas} devices after TensorFlow started: {e}") from e
 
 
-def make_strategy(name: str = "auto", cpu_replicas: int = 1, tf_config: str | None = None) -> tf.distribute.Strategy:
+def make_strategy(name: str = "auto", cpu_replicas: int = 1, startup_timeout: float = 300.0) -> tf.distribute.Strategy:
   """Creates the strategy named by `--strategy`. Call it before anything else initialises TensorFlow.
 
-  auto: MultiWorkerMirroredStrategy when `tf_config` (the TF_CONFIG variable) describes more than one task
-    (a 'chief' counts as a worker), else MirroredStrategy over the visible GPUs, or over `cpu_replicas` logical
-    CPU devices when there are none.
+  auto: MultiWorkerMirroredStrategy when the cluster (`cluster_resolver`) has more than one task (a 'chief'
+    counts as a worker), else MirroredStrategy over the visible GPUs, or over `cpu_replicas` logical CPU devices
+    when there are none. With several tasks, every task first waits up to `startup_timeout` seconds for all the
+    others (`trainer.faults.wait_for_peers`), since MWMS itself would wait forever.
   multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG (one task without it); each worker mirrors over its
     GPUs, or uses its CPU as one replica.
   mirrored: the same, and it is an error to ask for CPU replicas when GPUs are visible.
@@ -59,11 +93,13 @@ def make_strategy(name: str = "auto", cpu_replicas: int = 1, tf_config: str | No
   """
   if name not in STRATEGIES:
     raise UserError(f"--strategy={name} is unknown; choose one of {', '.join(STRATEGIES)}")
-  tasks = cluster_tasks(tf_config)
-  if name == "multi_worker" or (name == "auto" and tasks > 1):
+  resolver = cluster_resolver()
+  addresses, index = task_addresses(resolver) if resolver else ([], 0)
+  if name == "multi_worker" or (name == "auto" and len(addresses) > 1):
     if cpu_replicas > 1:
       raise UserError("--cpu_replicas applies to one host; with several workers each worker is one CPU replica")
-    return tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG itself
+    wait_for_peers(addresses, index, startup_timeout)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
   split_cpu(cpu_replicas)
   gpus = tf.config.list_logical_devices("GPU")
   if name == "one_device":

@@ -16,7 +16,8 @@ from absl import logging
 
 from trainer import checkpoints
 from trainer.data import ExamplesFn, distributed_iterator
-from trainer.errors import TrainingFailed, UserError, did_you_mean
+from trainer.errors import ClusterFault, Preempted, TrainingFailed, UserError, did_you_mean
+from trainer.faults import Preemption, Watchdog
 from trainer.schedule import Schedule
 from trainer.step import LossFn, PhaseLoop
 from trainer.strategy import is_chief
@@ -109,7 +110,12 @@ def _next_multiple(update: int, every: int) -> int:
   return (update // every + 1) * every if every > 0 else np.iinfo(np.int64).max
 
 
-@gin.configurable(denylist=["model_dir", "strategy"])
+# What a lost or failed peer raises inside a collective (UnavailableError after the ~10 s heartbeat).
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                tf.errors.CancelledError)
+
+
+@gin.configurable(denylist=["model_dir", "strategy", "stall_timeout"])
 def train(
     model_dir: str,
     strategy: tf.distribute.Strategy,
@@ -129,6 +135,7 @@ def train(
     evaluate: Evaluate | None = None,
     eval_every: int = 0,
     on_setup: Callable[[str], None] | None = None,
+    stall_timeout: float = 0,
 ) -> Run:
   """Trains `models` on the alternating `schedule` for `train_steps` optimizer updates in total.
 
@@ -152,6 +159,10 @@ def train(
     evaluate: optional quality measurement, run by the chief every `eval_every` updates and at the end.
     eval_every: updates between evaluations; 0 evaluates only at the end.
     on_setup: called with model_dir once everything is built (trainer.main writes the operative config there).
+    stall_timeout: seconds one compiled loop call may take before the process exits with code 4 (0: no limit);
+      trainer.main's --stall_timeout. A stalled peer otherwise blocks the others' collectives forever.
+
+  On SIGTERM, every worker saves a checkpoint at the next loop boundary and raises Preempted (exit code 42).
   """
   for name, value in (("steps_per_loop", steps_per_loop), ("log_every", log_every),
                       ("checkpoint_every", checkpoint_every), ("keep_checkpoints", keep_checkpoints)):
@@ -172,6 +183,9 @@ def train(
   telemetry = Telemetry(model_dir, train_steps, write_files=chief)
   loops: dict[tuple[str, int], PhaseLoop] = {}
   last_log, last_eval = {}, {}
+  watchdog = Watchdog(stall_timeout)
+  preemption = Preemption(strategy)
+  update = saved_at = 0
   try:
     manager = checkpoints.make_manager(save_dir, built, opts, counters, keep_checkpoints)
     checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
@@ -184,6 +198,7 @@ def train(
                  ", ".join(built), schedule, replicas, global_batch_size, update, train_steps)
     iterator = distributed_iterator(strategy, examples, global_batch_size, int(counters["micro_batch"].numpy()))
     total_micro = schedule.micro_batches_before(train_steps)
+    saved_at = update
     while update < train_steps:
       position = schedule.position(update)
       phase = position.phase
@@ -196,8 +211,9 @@ def train(
         loops[key] = PhaseLoop(strategy, built, phase.model, opts[phase.model], losses[phase.model],
                                phase.micro_batches, global_batch_size, counters)
       loop = loops[key]
-      rows, applied = loop.loop(iterator, tf.constant(n, tf.int32))
-      rows, applied = rows.numpy(), int(applied.numpy())
+      with watchdog.watch(f"updates {update + 1}-{update + n} (phase '{phase.model}')"):
+        rows, applied = loop.loop(iterator, tf.constant(n, tf.int32))
+        rows, applied = rows.numpy(), int(applied.numpy())
       telemetry.record(phase.model, loop.figure_names, rows[:applied],
                        applied * phase.micro_batches * global_batch_size)
       update += applied
@@ -213,9 +229,20 @@ def train(
         last_log = telemetry.flush(update, phase.model, remaining)
       if update % checkpoint_every == 0 or update == train_steps:
         manager.save(checkpoint_number=update)
+        saved_at = update
       if chief and evaluate and (update == train_steps or (eval_every and update % eval_every == 0)):
         last_eval = _evaluate(evaluate, built, model_dir, update, telemetry)
+      if update < train_steps and preemption.requested():
+        if saved_at != update:
+          manager.save(checkpoint_number=update, check_interval=False)
+        raise Preempted(f"SIGTERM received; saved update {update} of {train_steps} in {checkpoint_dir}; run the "
+                        "same command again to resume")
+  except _PEER_ERRORS as e:
+    raise ClusterFault(f"lost contact with a peer worker after update {update} ({type(e).__name__}); restart the "
+                       "whole job (launch.local --max_restarts does): it resumes from the last checkpoint (update "
+                       f"{saved_at})") from e
   finally:
+    preemption.close()
     telemetry.close()
     if not chief:
       shutil.rmtree(save_dir, ignore_errors=True)

@@ -1,0 +1,60 @@
+"""trainer.strategy: where the cluster comes from (TF_CONFIG, else a Slurm step), and a real Slurm-shaped run."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from launch.local import free_ports
+from tests.processes import REPO, checkpoint_state
+from trainer.strategy import cluster_resolver, task_addresses
+
+SLURM_STEP = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+              "TRAINER_SLURM_PORT_BASE": "9000"}
+
+
+def _free(port: int) -> bool:
+  with socket.socket() as s:
+    return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _environ(monkeypatch, variables):
+  for name in [n for n in os.environ if n.startswith("SLURM_") or n == "TF_CONFIG"]:
+    monkeypatch.delenv(name)
+  for name, value in variables.items():
+    monkeypatch.setenv(name, value)
+
+
+def test_a_slurm_step_of_several_tasks_is_a_cluster(monkeypatch):
+  _environ(monkeypatch, {**SLURM_STEP, "SLURM_PROCID": "3"})
+  addresses, index = task_addresses(cluster_resolver())
+  assert addresses == ["node07:9000", "node07:9001", "node08:9000", "node08:9001"]
+  assert index == 3
+
+
+def test_tf_config_wins_over_slurm_and_one_task_is_no_cluster(monkeypatch):
+  _environ(monkeypatch, {**SLURM_STEP, "SLURM_PROCID": "0",
+                         "TF_CONFIG": '{"cluster": {"chief": ["c:1"], "worker": ["w:2"]}, '
+                                      '"task": {"type": "worker", "index": 0}}'})
+  assert task_addresses(cluster_resolver()) == (["c:1", "w:2"], 1)
+  _environ(monkeypatch, {"SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"})
+  assert cluster_resolver() is None
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_train_as_one_multi_worker_job(tmp_path):
+  """What `srun` would start: the same command twice, told apart only by SLURM_PROCID."""
+  base = next(p for p in range(free_ports(1)[0], 65000) if _free(p) and _free(p + 1))  # the resolver takes base + rank
+  step = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_TASKS_PER_NODE": "2",
+          "TRAINER_SLURM_PORT_BASE": str(base), "TF_CPP_MIN_LOG_LEVEL": "2"}
+  env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and "proxy" not in k.lower()}
+  tasks = [subprocess.Popen([sys.executable, "-m", "trainer.main", f"--model_dir={tmp_path}",
+                             "--gin_file=configs/smoke.gin", "--gin_bindings=TRAIN_STEPS=6"],
+                            cwd=REPO, env={**env, **step, "SLURM_PROCID": str(i)}, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  logs = [t.communicate(timeout=240)[1] for t in tasks]
+  assert [t.returncode for t in tasks] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+  assert "on 2 replica(s)" in logs[0] and "MultiWorkerMirroredStrategy" in logs[0]
+  assert checkpoint_state(tmp_path)["update/.ATTRIBUTES/VARIABLE_VALUE"] == 6

@@ -1,0 +1,166 @@
+"""What a job does when its cluster misbehaves: a peer that never comes, a peer that stalls, a preemption notice.
+
+Measured on TF 2.21 with loopback workers: MultiWorkerMirroredStrategy waits forever at start-up for a missing
+peer (holding the GIL, so no Python thread can intervene), a stopped (SIGSTOP) peer blocks the others' collectives
+forever, and MWMS swallows SIGTERM. Each gets an answer here:
+  * `wait_for_peers`: a plain-socket rendezvous BEFORE the strategy exists, with a deadline and an error that names
+    the addresses that never answered;
+  * `Watchdog`: a thread that ends the process when one compiled training call outlives its deadline (the GIL is
+    released while TF executes, so the thread runs);
+  * `Preemption`: SIGTERM sets a flag; at the next loop boundary all workers agree (a one-scalar all-reduce, once per
+    loop, not per window), save a checkpoint and exit with EXIT_PREEMPTED.
+CollectiveCommunication's own `timeout_seconds` is not used for stalls: it starts a thread per collective that
+lives for the whole timeout (TF's docstring), i.e. tens of thousands of threads at our update rates.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Iterator
+
+import tensorflow as tf
+from absl import logging
+
+from trainer.errors import ClusterFault
+
+EXIT_STALLED = 4  # = ClusterFault.exit_code; a hard exit from the watchdog thread uses it directly
+
+
+def _split(address: str) -> tuple[str, int]:
+  host, _, port = address.rpartition(":")
+  return host.strip("[]"), int(port)
+
+
+def wait_for_peers(addresses: list[str], index: int, timeout: float) -> None:
+  """Returns once every task in `addresses` runs this rendezvous; raises ClusterFault naming the missing ones.
+
+  Task `index` listens on its own port and connects to every peer until, within `timeout` seconds, it has both
+  reached every peer and been reached by every peer. Then it closes its socket and the strategy binds the port.
+  The symmetric condition is what makes it safe: a task only leaves after each peer has reached it, so no peer
+  can still be waiting to connect to a socket that is gone.
+  """
+  peers = {i: a for i, a in enumerate(addresses) if i != index}
+  if not peers:
+    return
+  server = socket.socket(socket.AF_INET6 if ":" in _split(addresses[index])[0] else socket.AF_INET)
+  server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    server.bind(("", _split(addresses[index])[1]))
+  except OSError as e:
+    raise ClusterFault(f"cannot listen on {addresses[index]} ({e.strerror}): another process holds the port; "
+                       "stop it or give this task another port in TF_CONFIG") from e
+  server.listen(len(addresses))
+  server.settimeout(0.2)
+  reached, reached_by = set(), set()
+  deadline = time.monotonic() + timeout
+  try:
+    while reached != peers.keys() or reached_by != peers.keys():
+      for i in peers.keys() - reached:
+        try:
+          with socket.create_connection(_split(peers[i]), timeout=1.0) as c:
+            c.sendall(f"{index}\n".encode())
+          reached.add(i)
+        except OSError:  # not up yet (refused, unresolvable, timed out): try again
+          pass
+      with contextlib.suppress(socket.timeout):
+        while True:
+          connection, _ = server.accept()
+          with connection:
+            connection.settimeout(1.0)
+            with contextlib.suppress(OSError, ValueError):
+              reached_by.add(int(connection.recv(16).decode().strip()))
+      if time.monotonic() > deadline:
+        missing = sorted((peers.keys() - reached) | (peers.keys() - reached_by))
+        raise ClusterFault(
+            f"peer task(s) {', '.join(f'{i} at {peers[i]}' for i in missing)} did not join within {timeout:.0f} s "
+            "(--startup_timeout); start every task of the cluster, and check those addresses, their DNS and "
+            "firewalls")
+      time.sleep(0.1)
+  finally:
+    server.close()
+  logging.info("all %d tasks joined", len(addresses))
+
+
+class Watchdog:
+  """Ends the process with EXIT_STALLED when a watched call runs longer than `timeout` seconds (0: never).
+
+  A stalled collective cannot be interrupted from Python, and nothing can be saved without the peers, so the
+  only useful act is to exit with a clear message: the launcher then restarts the whole job from its last
+  checkpoint.
+  """
+
+  def __init__(self, timeout: float):
+    self._timeout = timeout
+    self._deadline = None
+    self._what = ""
+    self._changed = threading.Condition()
+    if timeout > 0:
+      threading.Thread(target=self._watch, name="trainer-watchdog", daemon=True).start()
+
+  @contextlib.contextmanager
+  def watch(self, what: str) -> Iterator[None]:
+    """Watches the body of the `with` block; `what` names it in the message."""
+    with self._changed:
+      self._deadline, self._what = time.monotonic() + self._timeout, what
+      self._changed.notify()
+    try:
+      yield
+    finally:
+      with self._changed:
+        self._deadline = None
+
+  def _watch(self) -> None:
+    with self._changed:
+      while True:
+        if self._deadline is None:
+          self._changed.wait()
+        elif time.monotonic() < self._deadline:
+          self._changed.wait(self._deadline - time.monotonic())
+        else:
+          sys.stderr.write(f"error: {self._what} did not finish within {self._timeout:.0f} s (--stall_timeout): a "
+                           "peer worker is stalled or unreachable; exiting so that the job can be restarted from "
+                           "its last checkpoint\n")
+          sys.stderr.flush()
+          os._exit(EXIT_STALLED)  # pylint: disable=protected-access  (the main thread is stuck in TF)
+
+
+class Preemption:
+  """SIGTERM means: save at the next loop boundary and exit. `requested()` is the same on every worker.
+
+  Creating it installs its SIGTERM handler (replacing MWMS's, which ignores the signal); `close()` restores the
+  previous one.
+  """
+
+  def __init__(self, strategy: tf.distribute.Strategy):
+    self._strategy = strategy
+    self._signalled = threading.Event()
+    self._previous = None
+    self._agree = None
+    if strategy.extended._in_multi_worker_mode():  # pylint: disable=protected-access
+      # Any worker's SIGTERM stops all of them at the same update: sum the flags over the cluster.
+      self._agree = tf.function(lambda flag: strategy.reduce(
+          tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None))
+    if threading.current_thread() is threading.main_thread():  # Python only delivers signals to the main thread
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def close(self) -> None:
+    """Restores the SIGTERM handler that was there before."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _handler(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning("SIGTERM received: saving at the next loop boundary, then exiting")
+    self._signalled.set()
+
+  def requested(self) -> bool:
+    """Whether any worker received SIGTERM. A collective call in multi-worker mode: call it on every worker."""
+    flag = 1.0 if self._signalled.is_set() else 0.0
+    if self._agree is None:
+      return flag > 0
+    return float(self._agree(tf.constant(flag))) > 0
