@@ -27,6 +27,7 @@ from absl import logging
 
 from trainer.errors import ClusterFault
 
+_READY = b"trainer-rendezvous\n"
 EXIT_STALLED = 4  # = ClusterFault.exit_code; a hard exit from the watchdog thread uses it directly
 
 
@@ -41,7 +42,8 @@ def wait_for_peers(addresses: list[str], index: int, timeout: float) -> None:
   Task `index` listens on its own port and connects to every peer until, within `timeout` seconds, it has both
   reached every peer and been reached by every peer. Then it closes its socket and the strategy binds the port.
   The symmetric condition is what makes it safe: a task only leaves after each peer has reached it, so no peer
-  can still be waiting to connect to a socket that is gone.
+  can still be waiting to connect to a socket that is gone. A peer counts as reached only when it answers the
+  handshake, so the gRPC port of a still-running older incarnation of that peer is not mistaken for it.
   """
   peers = {i: a for i, a in enumerate(addresses) if i != index}
   if not peers:
@@ -55,24 +57,29 @@ def wait_for_peers(addresses: list[str], index: int, timeout: float) -> None:
                        "stop it or give this task another port in TF_CONFIG") from e
   server.listen(len(addresses))
   server.settimeout(0.2)
-  reached, reached_by = set(), set()
+  reached, reached_by, done = set(), set(), threading.Event()
+
+  def answer() -> None:  # in its own thread, so that peers' handshakes never wait on our own connects
+    while not done.is_set():
+      with contextlib.suppress(OSError, ValueError):
+        connection, _ = server.accept()
+        with connection:
+          connection.settimeout(1.0)
+          peer = int(connection.recv(16).decode().strip())
+          connection.sendall(_READY)
+          reached_by.add(peer)
+
+  answering = threading.Thread(target=answer, name="trainer-rendezvous", daemon=True)
+  answering.start()
   deadline = time.monotonic() + timeout
   try:
-    while reached != peers.keys() or reached_by != peers.keys():
+    while reached != peers.keys() or not peers.keys() <= reached_by:
       for i in peers.keys() - reached:
-        try:
+        with contextlib.suppress(OSError):  # not up yet (refused, unresolvable, timed out): try again
           with socket.create_connection(_split(peers[i]), timeout=1.0) as c:
             c.sendall(f"{index}\n".encode())
-          reached.add(i)
-        except OSError:  # not up yet (refused, unresolvable, timed out): try again
-          pass
-      with contextlib.suppress(socket.timeout):
-        while True:
-          connection, _ = server.accept()
-          with connection:
-            connection.settimeout(1.0)
-            with contextlib.suppress(OSError, ValueError):
-              reached_by.add(int(connection.recv(16).decode().strip()))
+            if c.recv(len(_READY)) == _READY:
+              reached.add(i)
       if time.monotonic() > deadline:
         missing = sorted((peers.keys() - reached) | (peers.keys() - reached_by))
         raise ClusterFault(
@@ -81,6 +88,8 @@ def wait_for_peers(addresses: list[str], index: int, timeout: float) -> None:
             "firewalls")
       time.sleep(0.1)
   finally:
+    done.set()
+    answering.join()
     server.close()
   logging.info("all %d tasks joined", len(addresses))
 
