@@ -98,7 +98,8 @@ def test_dockerignore_keeps_environments_and_results_out_but_not_what_the_image_
 
 @pytest.mark.slow
 def test_the_files_the_image_copies_run_its_default_command_offline(tmp_path):
-  """The image's /app, made here from its COPY lines, runs its CMD (two updates) with every proxy pointing nowhere."""
+  """The image's /app, made here from its COPY lines, runs its CMD (two updates) with every proxy pointing nowhere
+  and HOME unwritable."""
   app = tmp_path / "app"  # the WORKDIR
   app.mkdir()
   for k, a in _dockerfile():
@@ -107,8 +108,11 @@ def test_the_files_the_image_copies_run_its_default_command_offline(tmp_path):
       (shutil.copytree if source.endswith("/") else shutil.copy)(os.path.join(REPO, source), app / target)
   cmd = [a.replace("/runs/", f"{tmp_path}/runs/") for a in json.loads(dict(_dockerfile())["CMD"])]
   dead = "http://127.0.0.1:9"  # a download would fail here instead of reaching the network
+  (tmp_path / "file").write_text("")
+  # An unwritable HOME, even for root (below a file), as for `docker run --user <any uid>`: HOME is the image's.
+  home = str(tmp_path / "file" / "home")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and k != "TF_CONFIG" and not k.startswith("SLURM")}
-  env.update(HOME=str(tmp_path / "home"), http_proxy=dead, https_proxy=dead, HTTP_PROXY=dead, HTTPS_PROXY=dead)
+  env.update(HOME=home, http_proxy=dead, https_proxy=dead, HTTP_PROXY=dead, HTTPS_PROXY=dead)
   result = subprocess.run([sys.executable, "-m", "trainer.main", *cmd, "--gin_bindings=TRAIN_STEPS=2"], cwd=app,
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
