@@ -13,7 +13,8 @@ from typing import Sequence
 import gin
 import keras
 
-from trainer import gan, models, regression, ring, schedule, train  # noqa: F401  (their @gin.configurable)
+# noqa: F401 below: imported for their @gin.configurable functions.
+from trainer import classify, datasets, gan, models, regression, ring, schedule, train  # noqa: F401
 from trainer.errors import UserError, did_you_mean
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

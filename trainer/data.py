@@ -67,8 +67,9 @@ def micro_batch_dataset(
     return micro_batch * global_batch_size + replica * per_replica + tf.range(per_replica, dtype=tf.int64)
 
   # Infinite and fixed-shape: tf.distribute knows there are no partial batches and adds no sync per next().
+  # (counter(), not range(2**62): a finite cardinality makes MultiWorkerMirroredStrategy all-reduce per next().)
   return (
-      tf.data.Dataset.range(2**62)
+      tf.data.Dataset.counter()
       .map(indices)
       .map(examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       .prefetch(tf.data.AUTOTUNE)
@@ -83,3 +84,28 @@ def distributed_iterator(
       lambda context: micro_batch_dataset(examples, context, global_batch_size, start)
   )
   return iter(dataset)
+
+
+def permutation(positions: tf.Tensor, size: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
+  """A pseudo-random permutation of [0, size), keyed by (seed, epoch), applied to int64 `positions` < size.
+
+  A 4-round Feistel network (Luby-Rackoff) over [0, 4^h) >= size, with the splitmix64 hash as round function and
+  cycle-walking to stay in [0, size): a bijection computed per index, so shuffling an epoch needs no buffer and
+  any example of any epoch is found in O(1). `epoch` may differ per position.
+  """
+  half = max(1, math.ceil(math.log2(max(size, 2)) / 2))
+  mask = tf.constant((1 << half) - 1, tf.int64)
+  base = tf.cast(tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64), tf.uint64) * tf.constant(4, tf.uint64)
+  keys = [_splitmix64(base + tf.constant(r, tf.uint64)) for r in range(4)]
+
+  def rounds(x):
+    left, right = tf.bitwise.right_shift(x, half), tf.bitwise.bitwise_and(x, mask)
+    for key in keys:
+      mixed = tf.cast(tf.bitwise.bitwise_and(_splitmix64(tf.bitwise.bitwise_xor(tf.cast(right, tf.uint64), key)),
+                                             tf.cast(mask, tf.uint64)), tf.int64)
+      left, right = right, tf.bitwise.bitwise_xor(left, mixed)
+    return tf.bitwise.bitwise_or(tf.bitwise.left_shift(left, half), right)
+
+  x = rounds(tf.cast(positions, tf.int64))
+  # Cycle-walking: values that land outside [0, size) are permuted again; they return inside within a few steps.
+  return tf.while_loop(lambda x: tf.reduce_any(x >= size), lambda x: (tf.where(x >= size, rounds(x), x),), [x])[0]

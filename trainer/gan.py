@@ -2,6 +2,10 @@
 
 Every random number a loss needs (latent z, interpolation weight eps) comes from the batch, i.e. from the input
 pipeline keyed by example index (trainer.data), so results do not depend on the replica count.
+
+The non-saturating losses take an optional `condition`: the batch key of a vector (e.g. the one-hot label 'y')
+that is appended to the generator's latent and to the critic's input, which makes a conditional GAN (Mirza &
+Osindero 2014).
 """
 
 from typing import Mapping
@@ -42,19 +46,26 @@ def wgan_generator_loss(models: Mapping[str, keras.Model], batch: dict, model: s
   return {"loss": -models[critic](fake, training=False)[:, 0]}
 
 
+def _conditioned(x: tf.Tensor, batch: dict, condition: str | None) -> tf.Tensor:
+  return x if condition is None else tf.concat([x, tf.cast(batch[condition], x.dtype)], axis=1)
+
+
 @gin.configurable
 def ns_critic_loss(models: Mapping[str, keras.Model], batch: dict, model: str,
-                   generator: str = "generator") -> dict:
+                   generator: str = "generator", condition: str | None = None) -> dict:
   """Non-saturating GAN discriminator loss (Goodfellow et al. 2014), on logits: -log D(real) - log(1 - D(fake))."""
   critic = models[model]
-  real_logit = critic(batch["x"], training=True)[:, 0]
-  fake_logit = critic(models[generator](batch["z"], training=False), training=True)[:, 0]
+  fake = models[generator](_conditioned(batch["z"], batch, condition), training=False)
+  real_logit = critic(_conditioned(batch["x"], batch, condition), training=True)[:, 0]
+  fake_logit = critic(_conditioned(fake, batch, condition), training=True)[:, 0]
   return {"loss": tf.nn.softplus(-real_logit) + tf.nn.softplus(fake_logit),
           "real_accuracy": tf.cast(real_logit > 0, tf.float32), "fake_accuracy": tf.cast(fake_logit < 0, tf.float32)}
 
 
 @gin.configurable
-def ns_generator_loss(models: Mapping[str, keras.Model], batch: dict, model: str, critic: str = "critic") -> dict:
+def ns_generator_loss(models: Mapping[str, keras.Model], batch: dict, model: str, critic: str = "critic",
+                      condition: str | None = None) -> dict:
   """Non-saturating generator loss: -log D(G(z))."""
-  fake_logit = models[critic](models[model](batch["z"], training=True), training=False)[:, 0]
+  fake = models[model](_conditioned(batch["z"], batch, condition), training=True)
+  fake_logit = models[critic](_conditioned(fake, batch, condition), training=False)[:, 0]
   return {"loss": tf.nn.softplus(-fake_logit)}

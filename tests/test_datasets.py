@@ -1,0 +1,73 @@
+"""trainer.datasets: TFDS splits as index-addressed examples, sharded per input pipeline, with clear errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from trainer import data, datasets
+from trainer.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+  datasets.load.cache_clear()
+  yield
+  datasets.load.cache_clear()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 10, 257, 1497, 4096])
+def test_permutation_is_a_bijection_and_differs_per_epoch(size):
+  positions = tf.range(size, dtype=tf.int64)
+  first = data.permutation(positions, size, 0, tf.zeros([size], tf.int64)).numpy()
+  second = data.permutation(positions, size, 0, tf.ones([size], tf.int64)).numpy()
+  assert sorted(first) == list(range(size)) and sorted(second) == list(range(size))
+  if size > 2:
+    assert not np.array_equal(first, second) and not np.array_equal(first, np.arange(size))
+
+
+def _pipelines_read(examples, pipelines, global_batch, micro_batches):
+  """The labels each of `pipelines` input pipelines reads for `micro_batches` global micro-batches."""
+  read = []
+  for p in range(pipelines):
+    context = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=p,
+                                         num_replicas_in_sync=pipelines)
+    dataset = data.micro_batch_dataset(examples, context, global_batch, 0).take(micro_batches)
+    read.append(np.concatenate([b["index"].numpy() for b in dataset]))
+  return read
+
+
+def test_two_pipelines_read_disjoint_shards_that_cover_an_epoch_once():
+  with tfds.testing.mock_data(num_examples=40):
+    def examples(indices):
+      return datasets.tfds_examples(indices, name="mnist", split="train", download=True,
+                                    preprocess=lambda f, i: {"index": tf.cast(f["label"], tf.int64) * 0 + i % 40})
+    first, second = _pipelines_read(examples, 2, global_batch=8, micro_batches=5)  # 5 x 8 = one epoch of 40
+  assert not set(first) & set(second)
+  assert sorted(np.concatenate([first, second])) == list(range(40))
+
+
+def test_mock_tfds_data_is_shuffled_by_seed_and_preprocessed():
+  with tfds.testing.mock_data(num_examples=20):
+    one = datasets.tfds_examples(tf.range(20, dtype=tf.int64), name="mnist", split="train", seed=1, download=True)
+    again = datasets.tfds_examples(tf.range(20, dtype=tf.int64), name="mnist", split="train", seed=1, download=True)
+    other = datasets.tfds_examples(tf.range(20, dtype=tf.int64), name="mnist", split="train", seed=2, download=True)
+  assert one["x"].shape == (20, 784) and one["y"].shape == (20, 10)
+  assert float(tf.reduce_min(one["x"])) >= -1 and float(tf.reduce_max(one["x"])) <= 1
+  np.testing.assert_array_equal(one["x"], again["x"])
+  assert not np.array_equal(one["x"], other["x"])
+
+
+def test_unknown_name_suggests_the_closest():
+  with pytest.raises(UserError, match="there is no TFDS dataset named 'mnsit' .*did you mean 'mnist'"):
+    datasets.load("mnsit", "train")
+
+
+def test_unknown_split_lists_the_splits(tmp_path):
+  with pytest.raises(UserError, match="has no split 'validation'; it has (train, test|test, train)"):
+    datasets.load("digits", "validation", str(tmp_path))
+
+
+def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
+  with pytest.raises(UserError, match=f"'mnist' is not prepared in {tmp_path}.*tfds build mnist"):
+    datasets.load("mnist", "train", str(tmp_path))

@@ -1,0 +1,52 @@
+"""The `digits` TFDS dataset: scikit-learn's bundled handwritten digits (UCI; 1,797 8x8 images, 10 classes).
+
+The images ship inside the scikit-learn wheel, so preparing the dataset downloads nothing: the first
+`tfds.load('digits')` (or trainer.datasets) writes it to the TFDS data dir in seconds, and later runs read it from
+there. Pixel values 0..16 are stored as uint8 0..255 (x 255/16, rounded). The split is fixed: a permutation seeded
+with 0 puts 300 images (30 per class) in 'test' and the other 1,497 in 'train'.
+
+It lives inside the `trainer` package on purpose: TFDS builders in a top-level module cannot find their metadata.
+"""
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+TEST_PER_CLASS = 30
+
+
+def _split_indices() -> dict[str, np.ndarray]:
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel  (only when preparing)
+  labels = load_digits().target
+  order = np.random.default_rng(0).permutation(len(labels))
+  test = np.concatenate([order[labels[order] == c][:TEST_PER_CLASS] for c in range(10)])
+  return {"test": np.sort(test), "train": np.setdiff1d(np.arange(len(labels)), test)}
+
+
+class Digits(tfds.core.GeneratorBasedBuilder):
+  """scikit-learn's handwritten digits as a TFDS dataset (see the module docstring)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "1,497 train / 300 test images from sklearn.datasets.load_digits."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 1)),
+            "label": tfds.features.ClassLabel(num_classes=10),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    return {split: self._generate_examples(indices) for split, indices in _split_indices().items()}
+
+  def _generate_examples(self, indices):
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    digits = load_digits()
+    for i in indices:
+      image = np.round(digits.images[i] * 255.0 / 16.0).astype(np.uint8)[:, :, None]
+      yield int(i), {"image": image, "label": int(digits.target[i])}
