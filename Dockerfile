@@ -11,7 +11,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     HOME=/home/trainer \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    TFDS_DATA_DIR=/opt/tensorflow_datasets
 # ^ the NVIDIA runtime mounts libcuda only for the 'compute' capability, and older runtimes default to 'utility'
 #   alone: TensorFlow would then find no GPU and silently train on the CPU. (NVIDIA_VISIBLE_DEVICES stays unset:
 #   docker run --gpus and the Kubernetes device plugin set it, so a pod without a GPU limit sees no GPU.)
@@ -29,7 +30,11 @@ RUN pip install --no-cache-dir -r requirements.txt "tensorflow[and-cuda]==2.21.0
 RUN useradd --uid 10001 --create-home --home-dir /home/trainer --shell /usr/sbin/nologin trainer \
     && mkdir /runs && chown 10001:10001 /runs
 
+# The digits dataset (from the scikit-learn wheel, no download) is prepared at build time into a directory every
+# uid can read (TFDS_DATA_DIR above), so the default job runs offline whatever user the container runs as.
 COPY trainer/ trainer/
+RUN python -c "from trainer import datasets; datasets.load('digits', 'train'); datasets.load('digits', 'test')" \
+    && chmod -R a+rX /opt/tensorflow_datasets
 COPY launch/ launch/
 COPY configs/ configs/
 
@@ -38,4 +43,4 @@ VOLUME ["/runs"]
 
 # Exec form: python is PID 1 and gets SIGTERM itself (every worker saves and exits 42). Arguments replace CMD.
 ENTRYPOINT ["python", "-m", "trainer.main"]
-CMD ["--gin_file=configs/ring_gan.gin", "--model_dir=/runs/default"]
+CMD ["--gin_file=configs/gan_digits.gin", "--model_dir=/runs/default"]

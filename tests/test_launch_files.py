@@ -18,7 +18,7 @@ import yaml
 from tests.processes import REPO, checkpoint_state
 from trainer.strategy import cluster_tasks
 
-DEFAULT_CONFIG = "configs/ring_gan.gin"  # the README's default job: the image's CMD and every launcher's default
+DEFAULT_CONFIG = "configs/gan_digits.gin"  # the README's default job: the image's CMD and every launcher's default
 OLDEST_KUBERNETES = "1.31.0"  # the first release with podFailurePolicy GA; the manifests must validate from there on
 SBATCH = os.path.join(REPO, "launch", "slurm.sbatch")
 
@@ -113,6 +113,13 @@ def test_the_files_the_image_copies_run_its_default_command_offline(tmp_path):
   home = str(tmp_path / "file" / "home")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and k != "TF_CONFIG" and not k.startswith("SLURM")}
   env.update(HOME=home, http_proxy=dead, https_proxy=dead, HTTP_PROXY=dead, HTTPS_PROXY=dead)
+  # The build step that prepares the data into the image's TFDS_DATA_DIR, run here against a temporary one.
+  tfds_dir = str(tmp_path / "tensorflow_datasets")
+  env["TFDS_DATA_DIR"] = tfds_dir
+  prepare = next(a for k, a in _dockerfile() if k == "RUN" and "datasets.load('digits'" in a)
+  prepare = prepare.replace("/opt/tensorflow_datasets", tfds_dir).replace("python ", f"{sys.executable} ", 1)
+  built = subprocess.run(["sh", "-c", prepare], cwd=app, env=env, capture_output=True, text=True, timeout=300)
+  assert built.returncode == 0, built.stderr[-3000:]
   result = subprocess.run([sys.executable, "-m", "trainer.main", *cmd, "--gin_bindings=TRAIN_STEPS=2"], cwd=app,
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
