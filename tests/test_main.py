@@ -72,6 +72,8 @@ def test_smoke_run_writes_everything_and_a_rerun_resumes(tmp_path):
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["update"] for r in records if "critic/loss" in r] == [6, 12, 18, 24]
   assert {"eval/modes_covered", "eval/high_quality_fraction"} <= set(records[-1])
+  assert "eval/samples" not in records[-1]  # pictures are files, not figures
+  assert sorted(os.listdir(tmp_path / "samples")) == ["eval_samples_000012.png", "eval_samples_000024.png"]
   # The same command with more steps continues from update 24.
   more = run_cli("--gin_file=configs/smoke.gin", f"--model_dir={tmp_path}", "--gin_bindings=TRAIN_STEPS=30")
   assert more.returncode == 0, more.stderr[-3000:]

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, datasets, models
+from trainer import data, datasets, images, models
 from trainer.errors import UserError
 
 SCORER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_classifier.npz")
@@ -78,7 +78,8 @@ def digits_gan_quality(models_: Mapping[str, keras.Model], model_dir: str, gener
 
   accuracy: the share of samples classified as the digit they were generated for; confidence: the classifier's
   mean top probability; classes_drawn: digits recognised in at least `min_share` of their samples;
-  real_accuracy: the same classifier on the real test split (the ceiling); diversity: the mean distance between
+  real_accuracy: the same classifier on the real test split (the ceiling); samples: 10 of each digit, one row per
+  digit; diversity: the mean distance between
   two samples of the same digit, relative to the same for real test images (1: as varied as the data; a generator
   that draws one image per digit scores 0 however well it is classified).
   """
@@ -97,4 +98,5 @@ def digits_gan_quality(models_: Mapping[str, keras.Model], model_dir: str, gener
                        for c in range(10)])
   return {"accuracy": float(hits.mean()), "confidence": float(probs.max(axis=1).mean()),
           "classes_drawn": int(sum(hits[labels == c].mean() >= min_share for c in range(10))),
-          "diversity": float(diversity), "real_accuracy": _accuracy(scorer, real["x"], real_labels)}
+          "diversity": float(diversity), "real_accuracy": _accuracy(scorer, real["x"], real_labels),
+          "samples": images.grid(fake.numpy().reshape(10, per_class, 8, 8, 1)[:, :10].reshape(-1, 8, 8, 1), 10)}

@@ -33,6 +33,7 @@ class Telemetry:
 
   def __init__(self, model_dir: str, total_updates: int, write_files: bool = True):
     self._total = total_updates
+    self._model_dir = model_dir
     self._write_files = write_files
     self._sums: dict[str, float] = {}
     self._counts: dict[str, int] = {}
@@ -91,6 +92,23 @@ class Telemetry:
         if key not in ("update", "total_updates", "time") and isinstance(value, (int, float)):
           tf.summary.scalar(key, value)
     self._writer.flush()
+
+  def image(self, name: str, image: np.ndarray, step: int) -> str | None:
+    """Writes uint8 `image` [H, W, C] as a TensorBoard image and as model_dir/samples/<name>_<step>.png.
+
+    Returns the PNG's path (None where this task writes no files).
+    """
+    if not self._write_files:
+      return None
+    with self._writer.as_default(step=step):
+      tf.summary.image(name, image[None])
+    self._writer.flush()
+    directory = os.path.join(self._model_dir, "samples")
+    tf.io.gfile.makedirs(directory)
+    path = os.path.join(directory, f"{name.replace('/', '_')}_{step:06d}.png")
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(tf.io.encode_png(image).numpy())
+    return path
 
   def close(self) -> None:
     if self._jsonl:

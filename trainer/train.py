@@ -23,8 +23,11 @@ from trainer.step import LossFn, PhaseLoop
 from trainer.strategy import is_chief
 from trainer.telemetry import Telemetry
 
-Evaluate = Callable[[Mapping[str, keras.Model], str], Mapping[str, float]]
-"""Maps (models, model_dir) to named figures; may write files such as sample images under model_dir."""
+Evaluate = Callable[[Mapping[str, keras.Model], str], Mapping[str, float | np.ndarray]]
+"""Maps (models, model_dir) to named figures (numbers) and pictures (uint8 arrays [H, W, C]).
+
+Pictures go to TensorBoard and to model_dir/samples/<name>_<update>.png; numbers to the log, metrics.jsonl and
+TensorBoard."""
 
 
 @dataclasses.dataclass
@@ -99,7 +102,12 @@ def _build(strategy, factories, optimizer_factories, seed):
 
 def _evaluate(evaluate: Evaluate, models, model_dir: str, update: int, telemetry: Telemetry) -> dict:
   start = time.perf_counter()
-  figures = {f"eval/{k}": float(v) for k, v in evaluate(models, model_dir).items()}
+  results = evaluate(models, model_dir)
+  for name, value in results.items():
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+      telemetry.image(f"eval/{name}", value, update)
+  figures = {f"eval/{k}": float(v) for k, v in results.items()
+             if not (isinstance(v, np.ndarray) and v.dtype == np.uint8)}
   logging.info("eval at update %d (%.1fs): %s", update, time.perf_counter() - start,
                " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
   telemetry.write({"update": update, **figures}, update)

@@ -1,0 +1,29 @@
+"""trainer.report: metrics.jsonl rendered to metrics.png, and a clear error without it."""
+
+import json
+import subprocess
+import sys
+
+import tensorflow as tf
+
+from tests.processes import REPO
+from trainer import report
+
+
+def test_renders_one_panel_per_model_plus_eval_and_throughput(tmp_path):
+  records = [{"update": u, "total_updates": 20, "phase": "a", "time": 0.0, "examples_per_sec": 100.0 + u,
+              "eta_sec": 1.0, "a/loss": 1.0 / u, "b/loss": 2.0 / u} for u in (5, 10, 15, 20)]
+  records.append({"update": 20, "eval/accuracy": 0.9})
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  assert sorted(report.panels(records)) == ["a", "b", "eval", "throughput"]
+  assert report.panels(records)["a"]["a/loss"] == ([5, 10, 15, 20], [0.2, 0.1, 1 / 15, 0.05])
+  path = report.render(str(tmp_path))
+  picture = tf.io.decode_png(open(path, "rb").read())
+  assert picture.shape[0] > 400 and picture.shape[1] > 400
+
+
+def test_a_missing_metrics_file_is_one_clear_line(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "trainer.report", f"--model_dir={tmp_path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/metrics.jsonl does not exist")

@@ -1,0 +1,24 @@
+"""trainer.telemetry: pictures go to model_dir/samples/ as PNG (and TensorBoard), only on the chief."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.telemetry import Telemetry
+
+
+def test_an_image_is_written_as_a_png_named_by_update(tmp_path):
+  telemetry = Telemetry(str(tmp_path), total_updates=10)
+  picture = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+  path = telemetry.image("eval/samples", picture, 7)
+  telemetry.close()
+  assert path == os.path.join(tmp_path, "samples", "eval_samples_000007.png")
+  np.testing.assert_array_equal(tf.io.decode_png(open(path, "rb").read()).numpy(), picture)
+  assert tf.io.gfile.glob(str(tmp_path / "summaries" / "events.out.tfevents.*"))
+
+
+def test_a_task_that_writes_no_files_writes_no_pictures(tmp_path):
+  telemetry = Telemetry(str(tmp_path), total_updates=10, write_files=False)
+  assert telemetry.image("eval/samples", np.zeros((2, 2, 1), np.uint8), 1) is None
+  assert not os.path.exists(tmp_path / "samples")

@@ -1,0 +1,70 @@
+r"""Training curves as a picture: python -m trainer.report --model_dir=DIR writes DIR/metrics.png.
+
+Reads DIR/metrics.jsonl (written by trainer.main): one panel per model with its figures over updates, one with the
+evaluation figures, one with examples/s. Needs matplotlib, which only this module imports (training does not).
+"""
+
+import collections
+import json
+import os
+import sys
+
+from absl import app, flags
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "The run's directory (holds metrics.jsonl).")
+flags.mark_flag_as_required("model_dir")
+
+
+def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+  """{panel: {series: (updates, values)}}: one panel per model ('<model>/<figure>'), 'eval' and 'throughput'."""
+  out = collections.defaultdict(lambda: collections.defaultdict(lambda: ([], [])))
+  for r in records:
+    for key, value in r.items():
+      if not isinstance(value, (int, float)) or key in ("update", "total_updates", "time", "eta_sec"):
+        continue
+      panel = "throughput" if key == "examples_per_sec" else key.split("/")[0]
+      updates, values = out[panel][key]
+      updates.append(r["update"])
+      values.append(value)
+  return out
+
+
+def render(model_dir: str) -> str:
+  """Writes model_dir/metrics.png and returns its path."""
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist; `python -m trainer.main --model_dir={model_dir} ...` writes it")
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  with open(path, encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  groups = panels(records)
+  figure, axes = plt.subplots(len(groups), 1, figsize=(8, 2.6 * len(groups)), squeeze=False, sharex=True)
+  for ax, (panel, series) in zip(axes[:, 0], sorted(groups.items())):
+    for name, (updates, values) in sorted(series.items()):
+      ax.plot(updates, values, label=name.split("/", 1)[-1], marker="." if len(updates) < 30 else None)
+    ax.set_title(panel, loc="left", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+  axes[-1, 0].set_xlabel("update")
+  figure.tight_layout()
+  out = os.path.join(model_dir, "metrics.png")
+  figure.savefig(out, dpi=100)
+  return out
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  try:
+    print(render(_MODEL_DIR.value))
+  except ImportError:
+    print("error: trainer.report needs matplotlib: pip install matplotlib==3.11.2", file=sys.stderr)
+    sys.exit(2)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
