@@ -11,8 +11,6 @@ import sys
 
 from absl import app, flags
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "The run's directory (holds metrics.jsonl).")
-flags.mark_flag_as_required("model_dir")
 
 
 def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
@@ -57,7 +55,7 @@ def render(model_dir: str) -> str:
 def main(argv: list[str]) -> None:
   del argv
   try:
-    print(render(_MODEL_DIR.value))
+    print(render(flags.FLAGS.model_dir))
   except ImportError:
     print("error: trainer.report needs matplotlib: pip install matplotlib==3.11.2", file=sys.stderr)
     sys.exit(2)
@@ -67,4 +65,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: trainer.main defines its own --model_dir, and tests import both modules.
+  flags.DEFINE_string("model_dir", None, "The run's directory (holds metrics.jsonl).")
+  flags.mark_flag_as_required("model_dir")
   app.run(main)
