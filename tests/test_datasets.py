@@ -58,9 +58,18 @@ def test_mock_tfds_data_is_shuffled_by_seed_and_preprocessed():
   assert not np.array_equal(one["x"], other["x"])
 
 
-def test_unknown_name_suggests_the_closest():
-  with pytest.raises(UserError, match="there is no TFDS dataset named 'mnsit' .*did you mean 'mnist'"):
+def test_unknown_name_lists_close_names_including_the_local_ones():
+  with pytest.raises(UserError, match=r"no TFDS dataset named 'mnsit' \(close names: mnist, kmnist, emnist\)"):
     datasets.load("mnsit", "train")
+  with pytest.raises(UserError, match=r"no TFDS dataset named 'digit' \(close names: digits\)"):
+    datasets.load("digit", "train")
+
+
+def test_an_error_while_the_pipeline_is_traced_stays_one_clear_user_error():
+  # tf.data traces tfds_examples in its map function; AutoGraph would turn the error into a StagingError.
+  context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
+  with pytest.raises(UserError, match=r"^there is no TFDS dataset named 'mnsit'"):
+    data.micro_batch_dataset(lambda i: datasets.tfds_examples(i, name="mnsit"), context, 8, 0)
 
 
 def test_unknown_split_lists_the_splits(tmp_path):

@@ -17,24 +17,14 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import data, datasets, images, models
-from trainer.errors import UserError
 
 SCORER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_classifier.npz")
-
-
-def check_input(model: keras.Model, name: str, x: tf.Tensor) -> tf.Tensor:
-  """Returns x, or raises UserError naming both shapes when `model` cannot take it."""
-  expected, given = tuple(model.input_shape[1:]), tuple(x.shape[1:])
-  if expected != given:
-    raise UserError(f"model '{name}' takes inputs of shape {expected}, but the data gives {given}; set the model's "
-                    f"input_dim to match the data (e.g. {name}/mlp.input_dim = {int(np.prod(given))})")
-  return x
 
 
 @gin.configurable
 def cross_entropy(models_: Mapping[str, keras.Model], batch: dict, model: str) -> dict:
   """Per-example softmax cross-entropy of `model`'s logits for batch['label'], and its accuracy."""
-  logits = models_[model](check_input(models_[model], model, batch["x"]), training=True)
+  logits = models_[model](models.check_input(models_[model], model, batch["x"]), training=True)
   loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["label"], logits=logits)
   return {"loss": loss, "accuracy": tf.cast(tf.equal(tf.argmax(logits, 1, tf.int32), batch["label"]), tf.float32)}
 

@@ -7,6 +7,7 @@ independent of how many replicas or workers split the batch, and O(1) to resume.
 its own replicas' indices (trainer.data.micro_batch_dataset), so it reads its own shard of every batch.
 """
 
+import difflib
 import functools
 from typing import Callable
 
@@ -15,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import data
-from trainer.errors import UserError, did_you_mean
+from trainer.errors import UserError
 
 Preprocess = Callable[[dict, tf.Tensor], dict]
 """Maps (features gathered from the dataset, with leading dim b; the global example indices [b]) to a batch."""
@@ -37,9 +38,10 @@ def load(name: str, split: str, data_dir: str | None = None, download: bool = Fa
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    known = tfds.list_builders(with_community_datasets=False)
-    raise UserError(f"there is no TFDS dataset named '{name}'{did_you_mean(name, known)}; "
-                    "`tfds.list_builders()` lists them") from e
+    close = difflib.get_close_matches(name, [*tfds.list_builders(with_community_datasets=False), *LOCAL_BUILDERS],
+                                      n=3, cutoff=0.6)
+    hint = f" (close names: {', '.join(close)})" if close else ""
+    raise UserError(f"there is no TFDS dataset named '{name}'{hint}; `tfds.list_builders()` lists them") from e
   if not builder.is_prepared():
     if name not in LOCAL_BUILDERS and not download:
       raise UserError(

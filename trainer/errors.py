@@ -9,6 +9,9 @@ class UserError(Exception):
 
   exit_code = 2
   label = "error"  # trainer.main prints "<label>: <message>"
+  # Raised while a tf.function or tf.data function is traced (a dataset or a model shape is checked there):
+  # without this, AutoGraph re-raises it as a StagingError holding a multi-line trace, and main cannot catch it.
+  ag_pass_through = True
 
 
 class TrainingFailed(UserError):

@@ -8,11 +8,38 @@ that is appended to the generator's latent and to the critic's input, which make
 Osindero 2014).
 """
 
+import math
 from typing import Mapping
 
 import gin
 import keras
 import tensorflow as tf
+
+from trainer.errors import UserError
+from trainer.models import check_input
+
+
+def _conditioned(x: tf.Tensor, batch: dict, condition: str | None) -> tf.Tensor:
+  return x if condition is None else tf.concat([x, tf.cast(batch[condition], x.dtype)], axis=1)
+
+
+def _generate(models: Mapping[str, keras.Model], generator: str, batch: dict, condition: str | None,
+              training: bool) -> tf.Tensor:
+  """G(z [, condition]), checked against the shape of the real examples (shapes are static while tracing)."""
+  g = models[generator]
+  fake = g(check_input(g, generator, _conditioned(batch["z"], batch, condition)), training=training)
+  made, real = tuple(fake.shape[1:]), tuple(batch["x"].shape[1:])
+  if made != real:
+    raise UserError(f"generator '{generator}' makes samples of shape {made}, but the data's examples have shape "
+                    f"{real}; set {generator}/mlp.output_dim = {math.prod(real)}")
+  return fake
+
+
+def _score(models: Mapping[str, keras.Model], critic: str, x: tf.Tensor, batch: dict, condition: str | None,
+           training: bool) -> tf.Tensor:
+  """The critic's logit or score per example, D(x [, condition])."""
+  d = models[critic]
+  return d(check_input(d, critic, _conditioned(x, batch, condition)), training=training)[:, 0]
 
 
 @gin.configurable
@@ -23,8 +50,8 @@ def wgan_gp_critic_loss(models: Mapping[str, keras.Model], batch: dict, model: s
   Figures: loss, wasserstein (the critic's estimate D(real) - D(fake)) and gradient_penalty.
   """
   critic = models[model]
-  real = batch["x"]
-  fake = models[generator](batch["z"], training=False)
+  real = check_input(critic, model, batch["x"])
+  fake = _generate(models, generator, batch, None, training=False)
   eps = batch["eps"]
   mixed = eps * real + (1.0 - eps) * fake
   with tf.GradientTape() as tape:
@@ -42,22 +69,17 @@ def wgan_gp_critic_loss(models: Mapping[str, keras.Model], batch: dict, model: s
 def wgan_generator_loss(models: Mapping[str, keras.Model], batch: dict, model: str,
                         critic: str = "critic") -> dict:
   """WGAN generator loss: -D(G(z))."""
-  fake = models[model](batch["z"], training=True)
-  return {"loss": -models[critic](fake, training=False)[:, 0]}
-
-
-def _conditioned(x: tf.Tensor, batch: dict, condition: str | None) -> tf.Tensor:
-  return x if condition is None else tf.concat([x, tf.cast(batch[condition], x.dtype)], axis=1)
+  fake = _generate(models, model, batch, None, training=True)
+  return {"loss": -_score(models, critic, fake, batch, None, training=False)}
 
 
 @gin.configurable
 def ns_critic_loss(models: Mapping[str, keras.Model], batch: dict, model: str,
                    generator: str = "generator", condition: str | None = None) -> dict:
   """Non-saturating GAN discriminator loss (Goodfellow et al. 2014), on logits: -log D(real) - log(1 - D(fake))."""
-  critic = models[model]
-  fake = models[generator](_conditioned(batch["z"], batch, condition), training=False)
-  real_logit = critic(_conditioned(batch["x"], batch, condition), training=True)[:, 0]
-  fake_logit = critic(_conditioned(fake, batch, condition), training=True)[:, 0]
+  fake = _generate(models, generator, batch, condition, training=False)
+  real_logit = _score(models, model, batch["x"], batch, condition, training=True)
+  fake_logit = _score(models, model, fake, batch, condition, training=True)
   return {"loss": tf.nn.softplus(-real_logit) + tf.nn.softplus(fake_logit),
           "real_accuracy": tf.cast(real_logit > 0, tf.float32), "fake_accuracy": tf.cast(fake_logit < 0, tf.float32)}
 
@@ -66,6 +88,5 @@ def ns_critic_loss(models: Mapping[str, keras.Model], batch: dict, model: str,
 def ns_generator_loss(models: Mapping[str, keras.Model], batch: dict, model: str, critic: str = "critic",
                       condition: str | None = None) -> dict:
   """Non-saturating generator loss: -log D(G(z))."""
-  fake = models[model](_conditioned(batch["z"], batch, condition), training=True)
-  fake_logit = models[critic](_conditioned(fake, batch, condition), training=False)[:, 0]
-  return {"loss": tf.nn.softplus(-fake_logit)}
+  fake = _generate(models, model, batch, condition, training=True)
+  return {"loss": tf.nn.softplus(-_score(models, critic, fake, batch, condition, training=False))}

@@ -1,9 +1,13 @@
 """Model builders. Each returns a built Keras model, so optimizers can create their slots before the first step."""
 
+import math
 from typing import Sequence
 
 import gin
 import keras
+import tensorflow as tf
+
+from trainer.errors import UserError
 
 
 @gin.configurable
@@ -26,3 +30,13 @@ def mlp(
     x = keras.layers.Dense(width, activation=activation, name=f"{name}_dense{i}")(x)
   outputs = keras.layers.Dense(output_dim, activation=output_activation, name=f"{name}_out")(x)
   return keras.Model(inputs, outputs, name=name)
+
+
+def check_input(model: keras.Model, name: str, x: tf.Tensor) -> tf.Tensor:
+  """Returns x, or raises UserError naming both shapes when model `name` cannot take it (a clear line, not
+  Keras's traceback from inside the compiled step)."""
+  expected, given = tuple(model.input_shape[1:]), tuple(x.shape[1:])
+  if expected != given:
+    raise UserError(f"model '{name}' takes inputs of shape {expected}, but the data gives {given}; set the model's "
+                    f"input_dim to match the data (e.g. {name}/mlp.input_dim = {math.prod(given)})")
+  return x
