@@ -15,15 +15,31 @@ def test_renders_one_panel_per_model_plus_eval_and_throughput(tmp_path):
               "eta_sec": 1.0, "a/loss": 1.0 / u, "b/loss": 2.0 / u} for u in (5, 10, 15, 20)]
   records.append({"update": 20, "eval/accuracy": 0.9})
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  assert sorted(report.panels(records)) == ["a", "b", "eval", "throughput"]
+  assert list(report.panels(records)) == ["a", "b", "eval", "throughput"]  # models, then eval, then examples/s
   assert report.panels(records)["a"]["a/loss"] == ([5, 10, 15, 20], [0.2, 0.1, 1 / 15, 0.05])
   path = report.render(str(tmp_path))
   picture = tf.io.decode_png(open(path, "rb").read())
   assert picture.shape[0] > 400 and picture.shape[1] > 400
 
 
+def _report(*code: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-c", "\n".join(code)], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 def test_a_missing_metrics_file_is_one_clear_line(tmp_path):
   result = subprocess.run([sys.executable, "-m", "trainer.report", f"--model_dir={tmp_path}"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr.strip().splitlines() == [
+      f"error: {tmp_path}/metrics.jsonl does not exist; `python -m trainer.main --model_dir={tmp_path} ...` writes it"]
+
+
+def test_without_matplotlib_it_says_what_to_install(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text(json.dumps({"update": 1, "a/loss": 1.0}) + "\n")
+  result = _report("import runpy, sys",
+                   "sys.modules['matplotlib'] = None  # as if not installed: importing it raises ImportError",
+                   f"sys.argv = ['report', '--model_dir={tmp_path}']",
+                   "runpy.run_module('trainer.report', run_name='__main__')")
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/metrics.jsonl does not exist")
+  assert result.stderr.strip().splitlines() == ["error: trainer.report needs matplotlib: pip install matplotlib==3.11.2"]
+  assert not (tmp_path / "metrics.png").exists()

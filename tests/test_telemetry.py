@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from trainer.telemetry import Telemetry
@@ -21,4 +22,14 @@ def test_an_image_is_written_as_a_png_named_by_update(tmp_path):
 def test_a_task_that_writes_no_files_writes_no_pictures(tmp_path):
   telemetry = Telemetry(str(tmp_path), total_updates=10, write_files=False)
   assert telemetry.image("eval/samples", np.zeros((2, 2, 1), np.uint8), 1) is None
+  assert not os.path.exists(tmp_path / "samples")
+
+
+@pytest.mark.parametrize("picture", [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 2), np.uint8),
+                                     np.zeros((4, 4, 3), np.float32)])
+def test_a_picture_that_is_not_uint8_hwc_with_1_or_3_channels_is_refused(tmp_path, picture):
+  telemetry = Telemetry(str(tmp_path), total_updates=10)
+  with pytest.raises(ValueError, match="must be uint8 \\[H, W, 1 or 3\\]"):
+    telemetry.image("eval/samples", picture, 1)
+  telemetry.close()
   assert not os.path.exists(tmp_path / "samples")

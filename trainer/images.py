@@ -3,14 +3,16 @@
 import numpy as np
 
 
-def grid(images: np.ndarray, rows: int, scale: int = 4) -> np.ndarray:
-  """Tiles images [n, h, w, c] (floats in [-1, 1]) into `rows` rows with 1-px borders, upscaled `scale` times.
+def grid(images: np.ndarray, rows: int, scale: int = 4, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+  """Tiles images [n, h, w, c] into `rows` rows with grey 1-px borders, each pixel upscaled to `scale` x `scale`.
 
+  Values in `value_range` ((-1, 1) as the GANs draw them, or (0, 1)) map to 0..255; values outside are clipped.
   Returns uint8 [H, W, c].
   """
   n, h, w, c = images.shape
   cols = -(-n // rows)
-  pixels = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+  low, high = value_range
+  pixels = np.clip(np.round((np.asarray(images, np.float32) - low) / (high - low) * 255), 0, 255).astype(np.uint8)
   pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
   h, w = h * scale, w * scale
   canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 128, np.uint8)

@@ -1,4 +1,4 @@
-r"""Training curves as a picture: python -m trainer.report --model_dir=DIR writes DIR/metrics.png.
+"""Training curves as a picture: python -m trainer.report --model_dir=DIR writes DIR/metrics.png.
 
 Reads DIR/metrics.jsonl (written by trainer.main): one panel per model with its figures over updates, one with the
 evaluation figures, one with examples/s. Needs matplotlib, which only this module imports (training does not).
@@ -11,6 +11,7 @@ import sys
 
 from absl import app, flags
 
+MATPLOTLIB = "matplotlib==3.11.2"  # the version requirements.txt pins
 
 
 def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
@@ -24,7 +25,9 @@ def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[flo
       updates, values = out[panel][key]
       updates.append(r["update"])
       values.append(value)
-  return out
+  # Models first (alphabetically), then the evaluation figures, then throughput.
+  order = lambda panel: ({"eval": 1, "throughput": 2}.get(panel, 0), panel)
+  return {panel: dict(out[panel]) for panel in sorted(out, key=order)}
 
 
 def render(model_dir: str) -> str:
@@ -39,7 +42,7 @@ def render(model_dir: str) -> str:
     records = [json.loads(line) for line in f if line.strip()]
   groups = panels(records)
   figure, axes = plt.subplots(len(groups), 1, figsize=(8, 2.6 * len(groups)), squeeze=False, sharex=True)
-  for ax, (panel, series) in zip(axes[:, 0], sorted(groups.items())):
+  for ax, (panel, series) in zip(axes[:, 0], groups.items()):
     for name, (updates, values) in sorted(series.items()):
       ax.plot(updates, values, label=name.split("/", 1)[-1], marker="." if len(updates) < 30 else None)
     ax.set_title(panel, loc="left", fontsize=10)
@@ -57,7 +60,7 @@ def main(argv: list[str]) -> None:
   try:
     print(render(flags.FLAGS.model_dir))
   except ImportError:
-    print("error: trainer.report needs matplotlib: pip install matplotlib==3.11.2", file=sys.stderr)
+    print(f"error: trainer.report needs matplotlib: pip install {MATPLOTLIB}", file=sys.stderr)
     sys.exit(2)
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)

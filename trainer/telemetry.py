@@ -1,4 +1,5 @@
-"""Progress reporting: a console line, one JSON object per interval in metrics.jsonl, TensorBoard scalars."""
+"""Progress reporting: a console line, one JSON object per interval in metrics.jsonl, TensorBoard scalars and
+images, and evaluation pictures as PNG files in model_dir/samples/."""
 
 import json
 import math
@@ -98,6 +99,8 @@ class Telemetry:
 
     Returns the PNG's path (None where this task writes no files).
     """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
+      raise ValueError(f"picture {name!r} must be uint8 [H, W, 1 or 3], got {image.dtype} {list(image.shape)}")
     if not self._write_files:
       return None
     with self._writer.as_default(step=step):
