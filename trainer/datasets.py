@@ -38,8 +38,8 @@ def load(name: str, split: str, data_dir: str | None = None, download: bool = Fa
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    close = difflib.get_close_matches(name, [*tfds.list_builders(with_community_datasets=False), *LOCAL_BUILDERS],
-                                      n=3, cutoff=0.6)
+    known = {*tfds.list_builders(with_community_datasets=False), *LOCAL_BUILDERS}  # (a local one once imported)
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
     hint = f" (close names: {', '.join(close)})" if close else ""
     raise UserError(f"there is no TFDS dataset named '{name}'{hint}; `tfds.list_builders()` lists them") from e
   if not builder.is_prepared():
