@@ -10,6 +10,7 @@ updated: their weights, optimizer slots and iteration counts stay bit-for-bit th
 
 from typing import Any, Callable, Mapping
 
+import gin
 import keras
 import tensorflow as tf
 
@@ -43,6 +44,7 @@ def all_reduce_sum(strategy: tf.distribute.Strategy, per_replica: Any) -> Any:
   return tf.nest.pack_sequence_as(per_replica, reduced)
 
 
+@gin.configurable(allowlist=["jit_compile"])
 class PhaseLoop:
   """A compiled loop of updates of model `name`, K = `micro_batches` micro-batches per update.
 
@@ -61,7 +63,9 @@ class PhaseLoop:
       micro_batches: int,
       global_batch_size: int,
       counters: Mapping[str, tf.Variable],
+      jit_compile: bool = True,
   ):
+    """`jit_compile` compiles each replica's window (the K forward and backward passes) with XLA."""
     _check_optimizer(name, optimizer)
     self.name = name
     self.micro_batches = micro_batches
@@ -74,6 +78,12 @@ class PhaseLoop:
     self._window_examples = global_batch_size * micro_batches
     self._counters = counters
     self._graph = None
+    self._window_fn = self._window
+    if jit_compile:
+      compiled = tf.function(self._window, jit_compile=True)
+      # identity() places the results on the replica's device: a called function's outputs carry no device, and
+      # the all-reduce takes its destinations from them.
+      self._window_fn = lambda micro_batches: tf.nest.map_structure(tf.identity, compiled(micro_batches))
     self.loop = tf.function(self._loop)
 
   def _objective(self, batch):
@@ -104,7 +114,7 @@ class PhaseLoop:
     for i in tf.range(num_updates):
       # next() runs outside the replica function, as tf.distribute requires.
       micro_batches = [next(iterator) for _ in range(self.micro_batches)]
-      grads, figures = self._strategy.run(self._window, args=(micro_batches,))
+      grads, figures = self._strategy.run(self._window_fn, args=(micro_batches,))
       # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
       grads, figures = all_reduce_sum(self._strategy, (grads, figures))
       local = lambda v: self._strategy.experimental_local_results(v)[0]

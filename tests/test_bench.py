@@ -1,0 +1,71 @@
+"""trainer.bench: the summary and report, and `--quick` end to end in child processes (no timing assertions)."""
+
+import json
+
+import pytest
+
+from tests.processes import run
+from trainer import bench, bench_runs
+
+JOB = {"width": 8, "depth": 1, "global_batch_size": 8, "micro_batches": 2, "critic_updates": 2,
+       "generator_updates": 1}
+
+
+def _row(name, replicas, workers, examples_per_sec, **extra):
+  return {"name": name, "replicas": replicas, "workers": workers, "examples_per_sec": examples_per_sec,
+          "ms_per_update": 1.0, **extra}
+
+
+def _trainer(replicas, workers, examples_per_sec, critic=1, generator=1):
+  return _row("trainer", replicas, workers, examples_per_sec, allreduce_bytes_per_example=9.5, input_share=0.02,
+              collectives_per_window={"critic": critic, "generator": generator})
+
+
+def test_each_row_is_compared_with_trainer_on_its_own_topology():
+  output = bench.summarize([
+      {"rows": [_trainer(1, 1, 100.0, 0, 0), _row("keras_fit", 1, 1, 150.0)], "job": JOB, "tensorflow": "x"},
+      {"rows": [_trainer(2, 1, 200.0), _row("naive", 2, 1, 50.0)], "job": JOB, "tensorflow": "x"},
+      {"rows": [_trainer(2, 2, 80.0), _row("naive", 2, 2, 20.0)], "job": JOB, "tensorflow": "x"},
+  ])
+  assert [r["vs_trainer"] for r in output["rows"]] == [1.0, 1.5, 1.0, 0.25, 1.0, 0.25]
+  # One replica has nothing to all-reduce (0 ops); the count comes from the multi-replica rows.
+  assert output["collectives_per_window"] == 1
+  assert output["allreduce_bytes_per_example"] == 9.5
+  text = bench.report(output)
+  assert ["keras_fit", "1", "1", "150", "1.0", "1.50"] in [line.split() for line in text.splitlines()]
+  assert "trainer: 1 all-reduce per window per model" in text
+
+
+def test_a_window_with_more_than_one_collective_is_reported_as_such():
+  output = bench.summarize([{"rows": [_trainer(2, 1, 1.0, critic=1, generator=3)], "job": JOB, "tensorflow": "x"}])
+  assert output["collectives_per_window"] == [1, 3]
+
+
+def test_a_row_reports_its_fastest_variant_and_lists_them_all():
+  row = bench.fastest({"jit_compile=False": _row("keras_fit", 1, 1, 10.0), "jit_compile=True": "failed: Error",
+                       "other": _row("keras_fit", 1, 1, 12.0)})
+  assert row["examples_per_sec"] == 12.0
+  assert row["variants"] == {"jit_compile=False": 10.0, "jit_compile=True": "failed: Error", "other": 12.0}
+  assert "variants" not in bench.fastest({"": _row("naive", 1, 1, 3.0)})
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_the_table_and_writes_the_json(tmp_path):
+  result = run("-m", "trainer.bench", "--quick", f"--output={tmp_path / 'bench.json'}", timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  with open(tmp_path / "bench.json", encoding="utf-8") as f:
+    output = json.load(f)
+  rows = output["rows"]
+  assert [(r["name"], r["replicas"], r["workers"]) for r in rows] == [
+      ("trainer", 1, 1), ("keras_fit", 1, 1), ("naive", 1, 1), ("compute_bound", 1, 1),
+      ("trainer", 2, 1), ("keras_fit", 2, 1), ("naive", 2, 1),
+      ("trainer", 2, 2), ("naive", 2, 2)]
+  for r in rows:
+    assert r["examples_per_sec"] > 0 and r["ms_per_update"] > 0 and r["vs_trainer"] > 0
+    assert [r["name"], str(r["replicas"]), str(r["workers"]), f"{r['examples_per_sec']:.0f}"] in [
+        line.split()[:4] for line in result.stdout.splitlines()]
+  assert output["collectives_per_window"] == 1  # at 2 replicas and on 2 workers, for both models
+  # 3 x 128 MLPs: critic 33,537 weights + 3 figures, generator 33,666 + 1, float32, over 3 updates of 2 x 64.
+  assert output["allreduce_bytes_per_example"] == pytest.approx(4 * (2 * 33540 + 33667) / (3 * 128))
+  assert output["job"]["micro_batches"] == bench_runs.QUICK.micro_batches == 2
+  assert 0 < rows[0]["input_share"] < 1

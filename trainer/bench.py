@@ -1,0 +1,227 @@
+r"""Benchmark: python -m trainer.bench [--quick] [--output=FILE.json].
+
+Times one alternating job (trainer.bench_runs: a GAN, critic 2 : generator 1, K micro-batches per update) run by
+this project's trainer, by Keras `fit`, by the naive per-micro-batch loop and by the compute-only bound, at 1 and
+2 MirroredStrategy replicas on logical CPU devices, and trainer vs the naive loop on 2 MultiWorkerMirroredStrategy
+workers over loopback. Prints a table and writes (--output)
+
+    {"rows": [{"name", "replicas", "workers", "examples_per_sec", "ms_per_update", "vs_trainer", ...}, ...],
+     "collectives_per_window": N, ...}
+
+One process cannot create MirroredStrategy over two different device counts (collective keys clash), so every
+topology runs in child processes of its own (`--child`), one topology after the other. Each row is the best of
+`--repeats` timed runs, run in turn (trainer, keras_fit, naive, ...), so a load change hits them alike.
+`--quick` shrinks the job to a smoke test (1.5 minutes here); its figures are not the ones to quote.
+"""
+
+import dataclasses
+import inspect
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+from absl import app, flags, logging  # noqa: E402
+
+from launch.local import free_ports, worker_env  # noqa: E402
+
+TOPOLOGIES = {"1": (1, 1), "2": (2, 1), "2w": (2, 2)}  # name -> (replicas, workers)
+
+_QUICK = flags.DEFINE_bool("quick", False, "A small job and short timings: a smoke test, not figures to quote.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the results as JSON to this file.")
+_TOPOLOGIES = flags.DEFINE_list("topologies", list(TOPOLOGIES), "Which to run: 1 or 2 MirroredStrategy replicas "
+                                "in one process ('1', '2'), 2 MultiWorkerMirroredStrategy workers ('2w').")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed runs per row, best kept (default: 1 with --quick, else 3).")
+_INTRA = flags.DEFINE_integer("intra_op_threads", 0, "tf.config.threading intra-op threads (0: TensorFlow's).")
+_INTER = flags.DEFINE_integer("inter_op_threads", 0, "tf.config.threading inter-op threads (0: TensorFlow's).")
+_JOB = {field: flags.DEFINE_integer(field, None, f"Override the job's {field} (bench_runs.Job).")
+        for field in ("width", "global_batch_size", "micro_batches")}
+_COMPARE_JIT = flags.DEFINE_bool("compare_jit", False, "Add a trainer row with PhaseLoop.jit_compile flipped.")
+_CHILD = flags.DEFINE_enum("child", None, list(TOPOLOGIES), "Internal: run one topology in this process.")
+_CHILD_RESULT = flags.DEFINE_string("child_result", None, "Internal: the file the child writes its rows to.")
+
+
+def _variants(job, distribution, replicas: int, workers: int, quick: bool) -> dict:
+  """Row name -> {variant label: run}. A row with several variants reports its fastest."""
+  from trainer import bench_runs  # pylint: disable=import-outside-toplevel  (the parent never imports TensorFlow)
+  from trainer.step import PhaseLoop  # pylint: disable=import-outside-toplevel
+
+  runs = {"trainer": {"": lambda: bench_runs.run_trainer(job, distribution)}}
+  if _COMPARE_JIT.value:
+    other = not inspect.signature(PhaseLoop.__init__).parameters["jit_compile"].default
+    runs[f"trainer(jit_compile={other})"] = {"": lambda: bench_runs.run_trainer(job, distribution, other)}
+  # XLA is tried where it can run, except in --quick (it doubles the set-up time).
+  jits = (False,) if quick else (False, True)
+  if workers == 1:  # Keras fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585)
+    # Over 2 devices, steps_per_execution > 1 fails in Keras 3.15 (a merge_call under the loop's tf.cond: "You
+    # must feed a value for placeholder tensor", keras-team/keras#19246), and so does jit_compile=True.
+    spe, keras_jits = (None, jits) if replicas == 1 else (1, (False,))
+    runs["keras_fit"] = {f"jit_compile={jit}": lambda jit=jit: bench_runs.run_keras_fit(job, distribution, jit, spe)
+                         for jit in keras_jits}
+  runs["naive"] = {"": lambda: bench_runs.run_naive(job, distribution)}
+  if replicas == 1:
+    runs["compute_bound"] = {f"jit_compile={jit}": lambda jit=jit: bench_runs.run_compute_bound(job, jit)
+                             for jit in jits}
+  return runs
+
+
+def fastest(by_label: dict) -> dict:
+  """The fastest of a row's variants ({label: row, or the reason it failed}), listing all when there are several."""
+  done = {label: row for label, row in by_label.items() if isinstance(row, dict)}
+  row = dict(done[max(done, key=lambda label: done[label]["examples_per_sec"])])
+  if len(by_label) > 1:
+    row["variants"] = {label: r["examples_per_sec"] if isinstance(r, dict) else r for label, r in by_label.items()}
+  return row
+
+
+def child(topology: str, quick: bool, repeats: int) -> dict:
+  """Runs every row of one topology in this process; returns {"rows": [...], ...} for the parent."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  from trainer import bench_runs, strategy  # pylint: disable=import-outside-toplevel
+
+  if _INTRA.value:
+    tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
+  if _INTER.value:
+    tf.config.threading.set_inter_op_parallelism_threads(_INTER.value)
+  replicas, workers = TOPOLOGIES[topology]
+  if workers > 1:
+    distribution = strategy.make_strategy("multi_worker")  # reads TF_CONFIG
+  else:
+    distribution = strategy.make_strategy("mirrored", replicas)
+  job = dataclasses.replace(bench_runs.QUICK if quick else bench_runs.Job(),
+                            **{field: flag.value for field, flag in _JOB.items() if flag.value is not None})
+  runs = _variants(job, distribution, replicas, workers, quick)
+  bench_runs.run_trainer(job, distribution)  # warms the process up: the first run in a process is up to 2x slow
+  results: dict[str, dict] = {name: {} for name in runs}  # name -> label -> best row, or why it failed
+  for _ in range(repeats):
+    for name, variants in runs.items():
+      for label, run in variants.items():
+        if isinstance(results[name].get(label), str):
+          continue
+        start = time.perf_counter()
+        try:
+          row = run()
+        except Exception as e:  # pylint: disable=broad-except  (an optional variant that fails is reported)
+          if len(variants) == 1:
+            raise
+          logging.exception("%s %s failed", name, label)
+          results[name][label] = f"failed: {type(e).__name__}"
+          continue
+        logging.info("%s %s: %.0f examples/s (%.1f s with set-up)", name, label, row["examples_per_sec"],
+                     time.perf_counter() - start)
+        if row["examples_per_sec"] > results[name].get(label, {}).get("examples_per_sec", 0):
+          results[name][label] = row
+  best = {name: fastest(by_label) for name, by_label in results.items()}
+  trainer = best["trainer"]
+  # The pipeline's time alone for the same micro-batches, as a share of trainer's time: what waiting for input
+  # would cost if prefetching overlapped none of it (on 2 cores its CPU time is taken from the step anyway).
+  trainer_seconds = 1e-3 * trainer["ms_per_update"] * trainer["timed_updates"]
+  trainer["input_share"] = bench_runs.input_seconds(job, distribution) / trainer_seconds
+  rows = [{"name": name, "replicas": replicas, "workers": workers, **best[name]} for name in runs]
+  return {"rows": rows, "job": dataclasses.asdict(job), "tensorflow": tf.__version__}
+
+
+def _run_topology(topology: str, flags_: list[str]) -> dict:
+  """Runs one topology's child processes (one per worker) and returns worker 0's result."""
+  replicas, workers = TOPOLOGIES[topology]
+  cluster = [f"127.0.0.1:{p}" for p in free_ports(workers)] if workers > 1 else []
+  with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
+    procs = []
+    for i in range(workers):
+      env = worker_env(cluster, i) if workers > 1 else dict(os.environ)
+      args = [sys.executable, "-m", "trainer.bench", f"--child={topology}",
+              f"--child_result={os.path.join(tmp, f'{i}.json')}", *flags_]
+      procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate()[0] for p in procs]
+    failed = [f"worker {i} exited with {p.returncode}:\n{out[-3000:]}"
+              for i, (p, out) in enumerate(zip(procs, outputs)) if p.returncode]
+    if failed:
+      raise RuntimeError(f"benchmark child {topology}: " + "\n".join(failed))
+    with open(os.path.join(tmp, "0.json"), encoding="utf-8") as f:
+      return json.load(f)
+
+
+def table(rows: list[dict]) -> str:
+  """The rows as an aligned text table."""
+  lines = [f"{'name':<26}{'replicas':>9}{'workers':>8}{'examples/s':>12}{'ms/update':>11}{'vs trainer':>12}"]
+  for r in rows:
+    lines.append(f"{r['name']:<26}{r['replicas']:>9}{r['workers']:>8}{r['examples_per_sec']:>12.0f}"
+                 f"{r['ms_per_update']:>11.1f}{r['vs_trainer']:>12.2f}")
+  return "\n".join(lines)
+
+
+def summarize(results: list[dict]) -> dict:
+  """The children's results as the benchmark's JSON: rows with their ratio to trainer on the same topology."""
+  rows = [dict(row) for result in results for row in result["rows"]]
+  trainers = {(r["replicas"], r["workers"]): r for r in rows if r["name"] == "trainer"}
+  for row in rows:
+    row["vs_trainer"] = row["examples_per_sec"] / trainers[row["replicas"], row["workers"]]["examples_per_sec"]
+  # All-reduce ops per window per model in trainer's traced step, where there is something to reduce (> 1 replica).
+  counts = sorted({n for r in trainers.values() if r["replicas"] > 1 for n in r["collectives_per_window"].values()})
+  return {
+      "rows": rows,
+      "collectives_per_window": counts[0] if len(counts) == 1 else counts or None,
+      "allreduce_bytes_per_example": rows[0]["allreduce_bytes_per_example"],
+      "job": results[0]["job"],
+      "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                  "tensorflow": results[0]["tensorflow"]},
+  }
+
+
+def report(output: dict) -> str:
+  """The table and the notes under it, as printed."""
+  job, machine = output["job"], output["machine"]
+  lines = [f"GAN critic {job['critic_updates']} : generator {job['generator_updates']}, MLPs {job['depth']} x "
+           f"{job['width']}, K={job['micro_batches']} micro-batches of G={job['global_batch_size']} per update; "
+           f"best of {output.get('repeats', 1)}; load average {machine.get('load_before', float('nan')):.1f} -> "
+           f"{machine.get('load_after', float('nan')):.1f} on {machine['cpus']} CPUs", table(output["rows"])]
+  shares = ", ".join(f"{r['input_share']:.1%} at {r['replicas']}r/{r['workers']}w"
+                     for r in output["rows"] if "input_share" in r)
+  lines.append(f"trainer: {output['collectives_per_window']} all-reduce per window per model, "
+               f"{output['allreduce_bytes_per_example']:.0f} bytes all-reduced per example; the input pipeline "
+               f"alone takes {shares} of trainer's time")
+  for r in output["rows"]:
+    if "variants" in r:
+      lines.append(f"{r['name']} at {r['replicas']}r/{r['workers']}w: " + ", ".join(
+          f"{k}: {v:.0f} examples/s" if isinstance(v, float) else f"{k}: {v}" for k, v in r["variants"].items()))
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  repeats = _REPEATS.value or (1 if _QUICK.value else 3)
+  if _CHILD.value:
+    result = child(_CHILD.value, _QUICK.value, repeats)
+    with open(_CHILD_RESULT.value, "w", encoding="utf-8") as f:
+      json.dump(result, f)
+    return
+  unknown = set(_TOPOLOGIES.value) - set(TOPOLOGIES)
+  if unknown:
+    raise app.UsageError(f"--topologies: unknown {sorted(unknown)}; choose from {', '.join(TOPOLOGIES)}")
+  flags_ = [f"--quick={_QUICK.value}", f"--repeats={repeats}", f"--intra_op_threads={_INTRA.value}",
+            f"--inter_op_threads={_INTER.value}", f"--compare_jit={_COMPARE_JIT.value}",
+            *(f"--{field}={flag.value}" for field, flag in _JOB.items() if flag.value is not None)]
+  load_before = os.getloadavg()[0]
+  results = []
+  for topology in _TOPOLOGIES.value:
+    start = time.perf_counter()
+    results.append(_run_topology(topology, flags_))
+    logging.info("topology %s took %.0f s", topology, time.perf_counter() - start)
+  output = summarize(results)
+  output.update(quick=_QUICK.value, repeats=repeats)
+  output["machine"].update(load_before=load_before, load_after=os.getloadavg()[0])
+  print(report(output))
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+      json.dump(output, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
