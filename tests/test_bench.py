@@ -69,3 +69,29 @@ def test_quick_benchmark_prints_the_table_and_writes_the_json(tmp_path):
   assert output["allreduce_bytes_per_example"] == pytest.approx(4 * (2 * 33540 + 33667) / (3 * 128))
   assert output["job"]["micro_batches"] == bench_runs.QUICK.micro_batches == 2
   assert 0 < rows[0]["input_share"] < 1
+
+
+def test_each_variant_keeps_its_best_run_over_repeats_and_a_failure_only_if_it_never_ran():
+  def run(name, label, row):
+    return {"name": name, "label": label, "row": row}
+
+  results = [{"runs": [run("trainer", "", _trainer(1, 1, 10.0)), run("compute_bound", "jit_compile=True", "failed: E"),
+                       run("compute_bound", "jit_compile=False", _row("compute_bound", 1, 1, 5.0))],
+              "job": JOB, "tensorflow": "x"},
+             {"runs": [run("trainer", "", _trainer(1, 1, 12.0)), run("compute_bound", "jit_compile=True", "failed: E"),
+                       run("compute_bound", "jit_compile=False", _row("compute_bound", 1, 1, 4.0))],
+              "job": JOB, "tensorflow": "x"}]
+  rows = bench.best_rows("1", results)["rows"]
+  assert [(r["name"], r["replicas"], r["workers"], r["examples_per_sec"]) for r in rows] == [
+      ("trainer", 1, 1, 12.0), ("compute_bound", 1, 1, 5.0)]
+  assert rows[1]["variants"] == {"jit_compile=True": "failed: E", "jit_compile=False": 5.0}
+  later = bench.best_rows("1", [{"runs": [run("naive", "", "failed: E"), run("naive", "", _row("naive", 1, 1, 2.0))],
+                                 "job": JOB, "tensorflow": "x"}])
+  assert later["rows"][0]["examples_per_sec"] == 2.0
+
+
+def test_plan_lists_each_topologys_runs_without_tensorflow():
+  assert bench.plan(1, 1, quick=True) == [("trainer", ""), ("keras_fit", "jit_compile=False"), ("naive", ""),
+                                          ("compute_bound", "jit_compile=False")]
+  assert [name for name, _ in bench.plan(2, 1, quick=False)] == ["trainer", "keras_fit", "naive"]
+  assert bench.plan(2, 2, quick=False) == [("trainer", ""), ("naive", "")]

@@ -8,10 +8,11 @@ workers over loopback. Prints a table and writes (--output)
     {"rows": [{"name", "replicas", "workers", "examples_per_sec", "ms_per_update", "vs_trainer", ...}, ...],
      "collectives_per_window": N, ...}
 
-One process cannot create MirroredStrategy over two different device counts (collective keys clash), so every
-topology runs in child processes of its own (`--child`), one topology after the other. Each row is the best of
-`--repeats` timed runs, run in turn (trainer, keras_fit, naive, ...), so a load change hits them alike.
-`--quick` shrinks the job to a smoke test (1.5 minutes here); its figures are not the ones to quote.
+Every run is a child process of its own (`--child`; one per worker on 2 workers): one process cannot create
+MirroredStrategy over two device counts (collective keys clash), and a TensorFlow process slows down as it ages,
+which would favour the row that runs first. Each row is the best of `--repeats` timed runs, taken in turn
+(trainer, keras_fit, naive, ...), so a load change hits them alike. `--quick` shrinks the job to a smoke test
+(1.5 minutes here) and runs each topology in one process; its figures are not the ones to quote.
 """
 
 import dataclasses
@@ -37,37 +38,50 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also write the results as JSON to
 _TOPOLOGIES = flags.DEFINE_list("topologies", list(TOPOLOGIES), "Which to run: 1 or 2 MirroredStrategy replicas "
                                 "in one process ('1', '2'), 2 MultiWorkerMirroredStrategy workers ('2w').")
 _REPEATS = flags.DEFINE_integer("repeats", None, "Timed runs per row, best kept (default: 1 with --quick, else 3).")
-_INTRA = flags.DEFINE_integer("intra_op_threads", 0, "tf.config.threading intra-op threads (0: TensorFlow's).")
-_INTER = flags.DEFINE_integer("inter_op_threads", 0, "tf.config.threading inter-op threads (0: TensorFlow's).")
+_INTRA = flags.DEFINE_integer("intra_op_threads", 0, "Threads per op (TF_NUM_INTRAOP_THREADS; 0: trainer's choice).")
+_INTER = flags.DEFINE_integer("inter_op_threads", 0, "Ops run at once (TF_NUM_INTEROP_THREADS; 0: TensorFlow's).")
 _JOB = {field: flags.DEFINE_integer(field, None, f"Override the job's {field} (bench_runs.Job).")
         for field in ("width", "global_batch_size", "micro_batches")}
 _COMPARE_JIT = flags.DEFINE_bool("compare_jit", False, "Add a trainer row with PhaseLoop.jit_compile flipped.")
 _CHILD = flags.DEFINE_enum("child", None, list(TOPOLOGIES), "Internal: run one topology in this process.")
+_CHILD_RUNS = flags.DEFINE_list("child_runs", [], "Internal: the child's runs, as row:variant.")
 _CHILD_RESULT = flags.DEFINE_string("child_result", None, "Internal: the file the child writes its rows to.")
 
 
-def _variants(job, distribution, replicas: int, workers: int, quick: bool) -> dict:
-  """Row name -> {variant label: run}. A row with several variants reports its fastest."""
-  from trainer import bench_runs  # pylint: disable=import-outside-toplevel  (the parent never imports TensorFlow)
-  from trainer.step import PhaseLoop  # pylint: disable=import-outside-toplevel
-
-  runs = {"trainer": {"": lambda: bench_runs.run_trainer(job, distribution)}}
-  if _COMPARE_JIT.value:
-    other = not inspect.signature(PhaseLoop.__init__).parameters["jit_compile"].default
-    runs[f"trainer(jit_compile={other})"] = {"": lambda: bench_runs.run_trainer(job, distribution, other)}
+def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False) -> list[tuple[str, str]]:
+  """The (row, variant) runs of one topology, in the order they run. A row with several variants reports its
+  fastest; the parent computes this without importing TensorFlow."""
   # XLA is tried where it can run, except in --quick (it doubles the set-up time).
-  jits = (False,) if quick else (False, True)
+  jits = [False] if quick else [False, True]
+  runs = [("trainer", "")]
+  if compare_jit:
+    runs.append(("trainer(jit_compile flipped)", ""))
   if workers == 1:  # Keras fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585)
     # Over 2 devices, steps_per_execution > 1 fails in Keras 3.15 (a merge_call under the loop's tf.cond: "You
     # must feed a value for placeholder tensor", keras-team/keras#19246), and so does jit_compile=True.
-    spe, keras_jits = (None, jits) if replicas == 1 else (1, (False,))
-    runs["keras_fit"] = {f"jit_compile={jit}": lambda jit=jit: bench_runs.run_keras_fit(job, distribution, jit, spe)
-                         for jit in keras_jits}
-  runs["naive"] = {"": lambda: bench_runs.run_naive(job, distribution)}
+    runs += [("keras_fit", f"jit_compile={jit}") for jit in (jits if replicas == 1 else [False])]
+  runs.append(("naive", ""))
   if replicas == 1:
-    runs["compute_bound"] = {f"jit_compile={jit}": lambda jit=jit: bench_runs.run_compute_bound(job, jit)
-                             for jit in jits}
+    runs += [("compute_bound", f"jit_compile={jit}") for jit in jits]
   return runs
+
+
+def _run(name: str, label: str, job, distribution) -> dict:
+  """Runs one (row, variant) of `plan` in this process and returns its figures."""
+  from trainer import bench_runs  # pylint: disable=import-outside-toplevel  (the parent never imports TensorFlow)
+  from trainer.step import PhaseLoop  # pylint: disable=import-outside-toplevel
+
+  jit = label == "jit_compile=True"
+  if name == "trainer":
+    return bench_runs.run_trainer(job, distribution)
+  if name.startswith("trainer("):
+    flipped = not inspect.signature(PhaseLoop.__init__).parameters["jit_compile"].default
+    return {**bench_runs.run_trainer(job, distribution, flipped), "jit_compile": flipped}
+  if name == "keras_fit":
+    return bench_runs.run_keras_fit(job, distribution, jit, None if distribution.num_replicas_in_sync == 1 else 1)
+  if name == "naive":
+    return bench_runs.run_naive(job, distribution)
+  return bench_runs.run_compute_bound(job, jit)
 
 
 def fastest(by_label: dict) -> dict:
@@ -79,16 +93,19 @@ def fastest(by_label: dict) -> dict:
   return row
 
 
-def child(topology: str, quick: bool, repeats: int) -> dict:
-  """Runs every row of one topology in this process; returns {"rows": [...], ...} for the parent."""
+def child(topology: str, quick: bool, runs: list[tuple[str, str]]) -> dict:
+  """Runs `runs` (row, variant) one after the other in this process; returns {"runs": [...], ...} for the parent.
+
+  A variant that fails is reported as "failed: <error>" when its row has other variants, and raises otherwise.
+  """
+  # Read when the runtime starts; trainer.strategy.split_cpu and launch.local otherwise choose the intra-op threads.
+  for variable, flag in (("TF_NUM_INTRAOP_THREADS", _INTRA), ("TF_NUM_INTEROP_THREADS", _INTER)):
+    if flag.value:
+      os.environ[variable] = str(flag.value)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   from trainer import bench_runs, strategy  # pylint: disable=import-outside-toplevel
 
-  if _INTRA.value:
-    tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
-  if _INTER.value:
-    tf.config.threading.set_inter_op_parallelism_threads(_INTER.value)
   replicas, workers = TOPOLOGIES[topology]
   if workers > 1:
     distribution = strategy.make_strategy("multi_worker")  # reads TF_CONFIG
@@ -96,39 +113,33 @@ def child(topology: str, quick: bool, repeats: int) -> dict:
     distribution = strategy.make_strategy("mirrored", replicas)
   job = dataclasses.replace(bench_runs.QUICK if quick else bench_runs.Job(),
                             **{field: flag.value for field, flag in _JOB.items() if flag.value is not None})
-  runs = _variants(job, distribution, replicas, workers, quick)
-  bench_runs.run_trainer(job, distribution)  # warms the process up: the first run in a process is up to 2x slow
-  results: dict[str, dict] = {name: {} for name in runs}  # name -> label -> best row, or why it failed
-  for _ in range(repeats):
-    for name, variants in runs.items():
-      for label, run in variants.items():
-        if isinstance(results[name].get(label), str):
-          continue
-        start = time.perf_counter()
-        try:
-          row = run()
-        except Exception as e:  # pylint: disable=broad-except  (an optional variant that fails is reported)
-          if len(variants) == 1:
-            raise
-          logging.exception("%s %s failed", name, label)
-          results[name][label] = f"failed: {type(e).__name__}"
-          continue
-        logging.info("%s %s: %.0f examples/s (%.1f s with set-up)", name, label, row["examples_per_sec"],
-                     time.perf_counter() - start)
-        if row["examples_per_sec"] > results[name].get(label, {}).get("examples_per_sec", 0):
-          results[name][label] = row
-  best = {name: fastest(by_label) for name, by_label in results.items()}
-  trainer = best["trainer"]
-  # The pipeline's time alone for the same micro-batches, as a share of trainer's time: what waiting for input
-  # would cost if prefetching overlapped none of it (on 2 cores its CPU time is taken from the step anyway).
-  trainer_seconds = 1e-3 * trainer["ms_per_update"] * trainer["timed_updates"]
-  trainer["input_share"] = bench_runs.input_seconds(job, distribution) / trainer_seconds
-  rows = [{"name": name, "replicas": replicas, "workers": workers, **best[name]} for name in runs]
-  return {"rows": rows, "job": dataclasses.asdict(job), "tensorflow": tf.__version__}
+  variants = {}
+  for name, _ in plan(replicas, workers, quick, _COMPARE_JIT.value):
+    variants[name] = variants.get(name, 0) + 1
+  results = []
+  for name, label in runs:
+    start = time.perf_counter()
+    try:
+      row = _run(name, label, job, distribution)
+    except Exception as e:  # pylint: disable=broad-except  (an optional variant that fails is reported)
+      if variants[name] == 1:
+        raise
+      logging.exception("%s %s failed", name, label)
+      row = f"failed: {type(e).__name__}"
+    else:
+      logging.info("%s %s: %.0f examples/s (%.1f s with set-up)", name, label, row["examples_per_sec"],
+                   time.perf_counter() - start)
+      if name == "trainer":
+        # The pipeline's time alone for the same micro-batches, as a share of trainer's time: what waiting for
+        # input would cost if prefetching overlapped none of it (on 2 cores its CPU time is taken from the step).
+        trainer_seconds = 1e-3 * row["ms_per_update"] * row["timed_updates"]
+        row["input_share"] = bench_runs.input_seconds(job, distribution) / trainer_seconds
+    results.append({"name": name, "label": label, "row": row})
+  return {"runs": results, "job": dataclasses.asdict(job), "tensorflow": tf.__version__}
 
 
-def _run_topology(topology: str, flags_: list[str]) -> dict:
-  """Runs one topology's child processes (one per worker) and returns worker 0's result."""
+def _run_topology(topology: str, runs: list[tuple[str, str]], flags_: list[str]) -> dict:
+  """Runs `runs` of one topology in fresh child processes (one per worker); returns worker 0's result."""
   replicas, workers = TOPOLOGIES[topology]
   cluster = [f"127.0.0.1:{p}" for p in free_ports(workers)] if workers > 1 else []
   with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
@@ -136,6 +147,7 @@ def _run_topology(topology: str, flags_: list[str]) -> dict:
     for i in range(workers):
       env = worker_env(cluster, i) if workers > 1 else dict(os.environ)
       args = [sys.executable, "-m", "trainer.bench", f"--child={topology}",
+              f"--child_runs={','.join(f'{name}:{label}' for name, label in runs)}",
               f"--child_result={os.path.join(tmp, f'{i}.json')}", *flags_]
       procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate()[0] for p in procs]
@@ -145,6 +157,23 @@ def _run_topology(topology: str, flags_: list[str]) -> dict:
       raise RuntimeError(f"benchmark child {topology}: " + "\n".join(failed))
     with open(os.path.join(tmp, "0.json"), encoding="utf-8") as f:
       return json.load(f)
+
+
+def best_rows(topology: str, results: list[dict]) -> dict:
+  """One topology's child results (every run of every repeat) as {"rows": [...]}: each (row, variant)'s best
+  run, then each row's fastest variant, in plan order."""
+  replicas, workers = TOPOLOGIES[topology]
+  by_name: dict[str, dict] = {}  # name -> label -> best row, or why it failed
+  for result in results:
+    for run in result["runs"]:
+      labels = by_name.setdefault(run["name"], {})
+      best, row = labels.get(run["label"]), run["row"]
+      if best is None or (isinstance(row, dict) and (isinstance(best, str)
+                                                     or row["examples_per_sec"] > best["examples_per_sec"])):
+        labels[run["label"]] = row
+  rows = [{"name": name, "replicas": replicas, "workers": workers, **fastest(labels)}
+          for name, labels in by_name.items()]
+  return {"rows": rows, "job": results[0]["job"], "tensorflow": results[0]["tensorflow"]}
 
 
 def table(rows: list[dict]) -> str:
@@ -196,25 +225,37 @@ def report(output: dict) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  repeats = _REPEATS.value or (1 if _QUICK.value else 3)
   if _CHILD.value:
-    result = child(_CHILD.value, _QUICK.value, repeats)
+    runs = [tuple(run.split(":", 1)) for run in _CHILD_RUNS.value]
     with open(_CHILD_RESULT.value, "w", encoding="utf-8") as f:
-      json.dump(result, f)
+      json.dump(child(_CHILD.value, _QUICK.value, runs), f)
     return
   unknown = set(_TOPOLOGIES.value) - set(TOPOLOGIES)
   if unknown:
     raise app.UsageError(f"--topologies: unknown {sorted(unknown)}; choose from {', '.join(TOPOLOGIES)}")
-  flags_ = [f"--quick={_QUICK.value}", f"--repeats={repeats}", f"--intra_op_threads={_INTRA.value}",
-            f"--inter_op_threads={_INTER.value}", f"--compare_jit={_COMPARE_JIT.value}",
+  repeats = _REPEATS.value or (1 if _QUICK.value else 3)
+  flags_ = [f"--quick={_QUICK.value}", f"--intra_op_threads={_INTRA.value}", f"--inter_op_threads={_INTER.value}",
+            f"--compare_jit={_COMPARE_JIT.value}",
             *(f"--{field}={flag.value}" for field, flag in _JOB.items() if flag.value is not None)]
   load_before = os.getloadavg()[0]
-  results = []
+  summaries = []
   for topology in _TOPOLOGIES.value:
     start = time.perf_counter()
-    results.append(_run_topology(topology, flags_))
+    runs = plan(*TOPOLOGIES[topology], _QUICK.value, _COMPARE_JIT.value)
+    if _QUICK.value:  # one process for all of a topology's runs: a smoke test, so set-up time matters more
+      results = [_run_topology(topology, runs, flags_) for _ in range(repeats)]
+    else:
+      # Every run in a fresh process, repeats taken in turn: a TensorFlow process slows down as it ages (up to
+      # 25% over 5 runs here, allocator state), which would favour whichever row runs first.
+      results, failed = [], set()
+      for _ in range(repeats):
+        for run in runs:
+          if run not in failed:
+            results.append(_run_topology(topology, [run], flags_))
+            failed.update((r["name"], r["label"]) for r in results[-1]["runs"] if isinstance(r["row"], str))
+    summaries.append(best_rows(topology, results))
     logging.info("topology %s took %.0f s", topology, time.perf_counter() - start)
-  output = summarize(results)
+  output = summarize(summaries)
   output.update(quick=_QUICK.value, repeats=repeats)
   output["machine"].update(load_before=load_before, load_after=os.getloadavg()[0])
   print(report(output))
