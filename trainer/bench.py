@@ -63,6 +63,8 @@ def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False) ->
   runs.append(("naive", ""))
   if replicas == 1:
     runs += [("compute_bound", f"jit_compile={jit}") for jit in jits]
+    if not quick:  # trainer's own way: the K micro-batches in a tf.while_loop, compiled with XLA
+      runs.append(("compute_bound", "jit_compile=True/while_loop"))
   return runs
 
 
@@ -71,7 +73,7 @@ def _run(name: str, label: str, job, distribution) -> dict:
   from trainer import bench_runs  # pylint: disable=import-outside-toplevel  (the parent never imports TensorFlow)
   from trainer.step import PhaseLoop  # pylint: disable=import-outside-toplevel
 
-  jit = label == "jit_compile=True"
+  jit = label.startswith("jit_compile=True")
   if name == "trainer":
     return bench_runs.run_trainer(job, distribution)
   if name.startswith("trainer("):
@@ -81,7 +83,7 @@ def _run(name: str, label: str, job, distribution) -> dict:
     return bench_runs.run_keras_fit(job, distribution, jit, None if distribution.num_replicas_in_sync == 1 else 1)
   if name == "naive":
     return bench_runs.run_naive(job, distribution)
-  return bench_runs.run_compute_bound(job, jit)
+  return bench_runs.run_compute_bound(job, jit, label.endswith("/while_loop"))
 
 
 def fastest(by_label: dict) -> dict:

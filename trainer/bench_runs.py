@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from trainer import data, gan, models, ring, train
+from trainer.accumulate import accumulate_gradients
 from trainer.schedule import Schedule
 
 LOSSES = {"critic": gan.ns_critic_loss, "generator": gan.ns_generator_loss}
@@ -233,16 +234,23 @@ def run_naive(job: Job, strategy: tf.distribute.Strategy) -> dict:
   return _timed(job, run_cycles)
 
 
-def run_compute_bound(job: Job, jit_compile: bool = False) -> dict:
+def run_compute_bound(job: Job, jit_compile: bool = False, while_loop: bool = False) -> dict:
   """The cycle's gradient computations and optimizer updates in one tf.function on one device, on data held in
-  memory: what the compute alone costs. `jit_compile` compiles each update's gradient computation with XLA."""
+  memory: what the compute alone costs. `jit_compile` compiles each update's gradient computation with XLA;
+  `while_loop` visits the K micro-batches with trainer.accumulate's tf.while_loop instead of a Python loop."""
   nets, optimizers = _build(job, tf.distribute.get_strategy())
   g, k = job.global_batch_size, job.micro_batches
   windows = [[ring.ring_examples(tf.range((u * k + m) * g, (u * k + m + 1) * g, dtype=tf.int64)) for m in range(k)]
              for u in range(len(job.cycle))]
 
-  gradients = {name: tf.function(functools.partial(_summed_gradients, job, nets, name), jit_compile=jit_compile)
-               for name in LOSSES}
+  def looped_gradients(name, window):
+    def objective(batch):
+      value = _window_loss(job, nets, name, batch)
+      return value, {"loss": value}
+    return accumulate_gradients(objective, [v.value for v in nets[name].trainable_variables], window)
+
+  summed = looped_gradients if while_loop else functools.partial(_summed_gradients, job, nets)
+  gradients = {name: tf.function(functools.partial(summed, name), jit_compile=jit_compile) for name in LOSSES}
 
   @tf.function
   def cycles(n):
