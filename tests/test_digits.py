@@ -9,7 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.processes import REPO
-from trainer import digits  # noqa: F401  (registers the builder)
+from trainer import digits  # registers the builder
+from trainer.errors import UserError
 
 
 def test_prepares_into_a_data_dir_and_loads_both_splits(tmp_path):
@@ -33,3 +34,14 @@ def test_a_digits_run_needs_no_network(tmp_path):
   result = subprocess.run(["unshare", "-rn", sys.executable, "-c", program], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "1497", result.stderr[-2000:]
+
+
+def test_without_scikit_learn_preparing_says_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes `from sklearn.datasets import ...` fail
+  with pytest.raises(UserError, match=r"needs scikit-learn, which is not installed: pip install scikit-learn=="):
+    digits.load_digits()
+
+
+def test_the_install_hint_names_the_pinned_version():
+  with open(f"{REPO}/requirements.txt", encoding="utf-8") as f:
+    assert digits.SCIKIT_LEARN in f.read().split()

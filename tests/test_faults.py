@@ -60,14 +60,18 @@ def test_a_busy_port_is_reported():
       wait_for_peers(addresses, 0, timeout=1)
 
 
-def test_the_watchdog_ends_a_stuck_call_with_exit_code_4():
-  program = ("import time\nfrom trainer.faults import Watchdog\nw = Watchdog(1.0)\n"
+def test_the_watchdog_ends_a_stuck_call_with_exit_code_4_after_its_cleanup(tmp_path):
+  scratch = tmp_path / "worker-checkpoints"
+  scratch.mkdir()
+  program = ("import shutil, time\nfrom trainer.faults import Watchdog\n"
+             f"w = Watchdog(1.0, on_exit=lambda: shutil.rmtree({str(scratch)!r}))\n"
              "with w.watch('updates 1-5'):\n  time.sleep(0.2)\nwith w.watch('updates 6-9'):\n  time.sleep(60)\n")
   start = time.monotonic()
   result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
   assert result.returncode == EXIT_STALLED, result.stderr[-2000:]
   assert "error: updates 6-9 did not finish within 1 s (--stall_timeout)" in result.stderr
   assert time.monotonic() - start < 30
+  assert not scratch.exists()  # a non-chief worker's temporary checkpoint directory is not left behind
 
 
 def _sigterm_at(update):

@@ -13,13 +13,21 @@ from trainer import report
 def test_renders_one_panel_per_model_plus_eval_and_throughput(tmp_path):
   records = [{"update": u, "total_updates": 20, "phase": "a", "time": 0.0, "examples_per_sec": 100.0 + u,
               "eta_sec": 1.0, "a/loss": 1.0 / u, "b/loss": 2.0 / u} for u in (5, 10, 15, 20)]
-  records.append({"update": 20, "eval/accuracy": 0.9})
+  records.append({"update": 20, "eval/accuracy": 0.9, "eval/classes_drawn": 10})
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   assert list(report.panels(records)) == ["a", "b", "eval", "throughput"]  # models, then eval, then examples/s
   assert report.panels(records)["a"]["a/loss"] == ([5, 10, 15, 20], [0.2, 0.1, 1 / 15, 0.05])
   path = report.render(str(tmp_path))
   picture = tf.io.decode_png(open(path, "rb").read())
   assert picture.shape[0] > 400 and picture.shape[1] > 400
+
+
+def test_a_count_beside_scores_goes_on_a_second_axis():
+  scores_and_count = {"eval/accuracy": ([1, 2], [0.5, 0.9]), "eval/diversity": ([1, 2], [0.8, 0.85]),
+                      "eval/classes_drawn": ([1, 2], [4.0, 10.0])}
+  assert report.split_axes(scores_and_count) == (["eval/accuracy", "eval/diversity"], ["eval/classes_drawn"])
+  alike = {"a/loss": ([1], [0.7]), "a/accuracy": ([1], [0.2])}
+  assert report.split_axes(alike) == (["a/accuracy", "a/loss"], [])
 
 
 def _report(*code: str) -> subprocess.CompletedProcess:

@@ -11,11 +11,23 @@ It lives inside the `trainer` package on purpose: TFDS builders in a top-level m
 import numpy as np
 import tensorflow_datasets as tfds
 
+from trainer.errors import UserError
+
 TEST_PER_CLASS = 30
+SCIKIT_LEARN = "scikit-learn==1.9.1"  # the version requirements.txt pins
+
+
+def load_digits():
+  """sklearn.datasets.load_digits(), or a one-line UserError saying how to install scikit-learn."""
+  try:
+    from sklearn.datasets import load_digits as load  # pylint: disable=import-outside-toplevel  (only to prepare)
+  except ImportError as e:
+    raise UserError(f"preparing the 'digits' dataset needs scikit-learn, which is not installed: pip install "
+                    f"{SCIKIT_LEARN} (or pip install -r requirements.txt)") from e
+  return load()
 
 
 def _split_indices() -> dict[str, np.ndarray]:
-  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel  (only when preparing)
   labels = load_digits().target
   order = np.random.default_rng(0).permutation(len(labels))
   test = np.concatenate([order[labels[order] == c][:TEST_PER_CLASS] for c in range(10)])
@@ -45,7 +57,6 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(indices) for split, indices in _split_indices().items()}
 
   def _generate_examples(self, indices):
-    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
     digits = load_digits()
     for i in indices:
       image = np.round(digits.images[i] * 255.0 / 16.0).astype(np.uint8)[:, :, None]

@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import tensorflow as tf
 from absl import logging
@@ -99,11 +99,13 @@ class Watchdog:
 
   A stalled collective cannot be interrupted from Python, and nothing can be saved without the peers, so the
   only useful act is to exit with a clear message: the launcher then restarts the whole job from its last
-  checkpoint.
+  checkpoint. `on_exit` runs just before that exit (os._exit skips `finally` blocks and atexit handlers), e.g. to
+  remove a worker's temporary directory.
   """
 
-  def __init__(self, timeout: float):
+  def __init__(self, timeout: float, on_exit: Callable[[], None] | None = None):
     self._timeout = timeout
+    self._on_exit = on_exit
     self._deadline = None
     self._what = ""
     self._changed = threading.Condition()
@@ -134,6 +136,11 @@ class Watchdog:
                            "peer worker is stalled or unreachable; exiting so that the job can be restarted from "
                            "its last checkpoint\n")
           sys.stderr.flush()
+          if self._on_exit is not None:
+            try:
+              self._on_exit()
+            except Exception:  # pylint: disable=broad-except  (exiting matters more than tidying up)
+              pass
           os._exit(EXIT_STALLED)  # pylint: disable=protected-access  (the main thread is stuck in TF)
 
 

@@ -30,6 +30,18 @@ def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[flo
   return {panel: dict(out[panel]) for panel in sorted(out, key=order)}
 
 
+def split_axes(series: dict[str, tuple[list[int], list[float]]], ratio: float = 10.0) -> tuple[list[str], list[str]]:
+  """(left, right) series names: when the largest series is over `ratio` times the smallest (a count such as
+  eval/classes_drawn of 0..10 beside 0..1 scores), the larger ones go on a second y axis so neither flattens."""
+  size = {name: max((abs(v) for v in values), default=0.0) or 1e-12 for name, (_, values) in series.items()}
+  names = sorted(series, key=size.get)
+  if len(names) < 2 or size[names[-1]] <= ratio * size[names[0]]:
+    return sorted(series), []
+  # Split at the widest gap between consecutive sizes (on a log scale, as ratios).
+  cut = max(range(1, len(names)), key=lambda i: size[names[i]] / size[names[i - 1]])
+  return sorted(names[:cut]), sorted(names[cut:])
+
+
 def render(model_dir: str) -> str:
   """Writes model_dir/metrics.png and returns its path."""
   path = os.path.join(model_dir, "metrics.jsonl")
@@ -42,11 +54,19 @@ def render(model_dir: str) -> str:
     records = [json.loads(line) for line in f if line.strip()]
   groups = panels(records)
   figure, axes = plt.subplots(len(groups), 1, figsize=(8, 2.6 * len(groups)), squeeze=False, sharex=True)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, (panel, series) in zip(axes[:, 0], groups.items()):
-    for name, (updates, values) in sorted(series.items()):
-      ax.plot(updates, values, label=name.split("/", 1)[-1], marker="." if len(updates) < 30 else None)
+    left, right = split_axes(series)
+    twin = ax.twinx() if right else None
+    lines = []
+    for i, name in enumerate(left + right):
+      updates, values = series[name]
+      on, label, style = (ax, name.split("/", 1)[-1], "-") if name in left else (
+          twin, name.split("/", 1)[-1] + " (right axis)", "--")
+      lines += on.plot(updates, values, label=label, color=colors[i % len(colors)], linestyle=style,
+                       marker="." if len(updates) < 30 else None)
     ax.set_title(panel, loc="left", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="best")
     ax.grid(alpha=0.3)
   axes[-1, 0].set_xlabel("update")
   figure.tight_layout()

@@ -191,7 +191,7 @@ def train(
   telemetry = Telemetry(model_dir, train_steps, write_files=chief)
   loops: dict[tuple[str, int], PhaseLoop] = {}
   last_log, last_eval = {}, {}
-  watchdog = Watchdog(stall_timeout)
+  watchdog = Watchdog(stall_timeout, on_exit=None if chief else lambda: shutil.rmtree(save_dir, ignore_errors=True))
   preemption = Preemption(strategy)
   update = saved_at = 0
   try:
