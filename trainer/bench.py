@@ -41,7 +41,8 @@ _REPEATS = flags.DEFINE_integer("repeats", None, "Timed runs per row, best kept 
 _INTRA = flags.DEFINE_integer("intra_op_threads", 0, "Threads per op (TF_NUM_INTRAOP_THREADS; 0: trainer's choice).")
 _INTER = flags.DEFINE_integer("inter_op_threads", 0, "Ops run at once (TF_NUM_INTEROP_THREADS; 0: TensorFlow's).")
 _JOB = {field: flags.DEFINE_integer(field, None, f"Override the job's {field} (bench_runs.Job).")
-        for field in ("width", "global_batch_size", "micro_batches")}
+        for field in ("width", "global_batch_size", "micro_batches", "critic_updates", "generator_updates",
+                      "warmup_cycles", "timed_cycles")}
 _COMPARE_JIT = flags.DEFINE_bool("compare_jit", False, "Add a trainer row with PhaseLoop.jit_compile flipped.")
 _CHILD = flags.DEFINE_enum("child", None, list(TOPOLOGIES), "Internal: run one topology in this process.")
 _CHILD_RUNS = flags.DEFINE_list("child_runs", [], "Internal: the child's runs, as row:variant.")
