@@ -8,7 +8,9 @@ its own replicas' indices (trainer.data.micro_batch_dataset), so it reads its ow
 """
 
 import difflib
+import fcntl
 import functools
+import os
 from typing import Callable
 
 import gin
@@ -48,12 +50,32 @@ def load(name: str, split: str, data_dir: str | None = None, download: bool = Fa
           f"TFDS dataset '{name}' is not prepared in {builder.data_dir_root}; prepare it where the internet is "
           f"reachable with `tfds build {name} --data_dir={builder.data_dir_root}` (then copy that directory here), "
           "or allow the download with --gin_bindings=tfds_examples.download=True")
-    builder.download_and_prepare()
+    builder = _prepare_once(builder, name, data_dir)
   for part in _split_names(split):
     if builder.info.splits and part not in builder.info.splits:  # (tfds.testing.mock_data has no split metadata)
       raise UserError(f"TFDS dataset '{name}' has no split '{part}'; it has {', '.join(builder.info.splits)}")
   chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(4096)))
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def _prepare_once(builder, name: str, data_dir: str | None):
+  """Prepares `builder`'s dataset and returns a builder that reads it. Several workers may start at once on one
+  data dir: unserialised, all but the first failed here with TFDS's "Cannot rename ... already exists"."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  root = str(builder.data_dir_root)
+  if "://" in root:  # no file locks on object stores: prepare, and accept a peer having done it first
+    try:
+      builder.download_and_prepare()
+    except FileExistsError:
+      pass
+    return tfds.builder(name, data_dir=data_dir)
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f".{name}.prepare.lock"), "a", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+    builder = tfds.builder(name, data_dir=data_dir)  # re-read: a peer may have prepared it while we waited
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+  return builder
 
 
 @gin.configurable
