@@ -95,3 +95,29 @@ def test_plan_lists_each_topologys_runs_without_tensorflow():
                                           ("compute_bound", "jit_compile=False")]
   assert [name for name, _ in bench.plan(2, 1, quick=False)] == ["trainer", "keras_fit", "naive"]
   assert bench.plan(2, 2, quick=False) == [("trainer", ""), ("naive", "")]
+
+
+def test_compare_puts_each_row_beside_the_same_row_of_an_earlier_run():
+  before = bench.summarize([{"rows": [_trainer(1, 1, 100.0), _row("naive", 1, 1, 50.0)], "job": JOB,
+                             "tensorflow": "x"}])
+  now = bench.summarize([{"rows": [_trainer(1, 1, 250.0), _row("naive", 1, 1, 100.0), _row("keras_fit", 1, 1, 5.0)],
+                          "job": JOB, "tensorflow": "x"}])
+  lines = [line.split() for line in bench.compare(now, before).splitlines()]
+  assert ["trainer", "1", "1", "250", "100", "2.50x", "1.00", "1.00"] in lines  # a faster host ...
+  assert ["naive", "1", "1", "100", "50", "2.00x", "0.40", "0.50"] in lines  # ... and the ratio that tells
+  assert ["keras_fit", "1", "1", "5", "-", "-", "0.02", "-"] in lines  # a row the earlier run did not have
+  assert not any("jobs differ" in " ".join(line) for line in lines)
+  assert "jobs differ" in bench.compare(now, {**before, "job": {**JOB, "width": 9}})
+
+
+def test_a_compare_file_that_is_not_a_benchmark_is_refused_before_running(tmp_path):
+  (tmp_path / "x.json").write_text('{"a": 1}')
+  result = run("-m", "trainer.bench", f"--compare={tmp_path / 'x.json'}", timeout=120)
+  assert result.returncode != 0 and "not a JSON file written by trainer.bench --output (it has no 'rows' list)" in (
+      result.stdout + result.stderr)
+
+
+def test_at_one_replica_only_the_report_says_there_is_nothing_to_count():
+  output = bench.summarize([{"rows": [_trainer(1, 1, 100.0, 0, 0)], "job": JOB, "tensorflow": "x"}])
+  assert output["collectives_per_window"] is None
+  assert "trainer: nothing to all-reduce at 1 replica" in bench.report(output)

@@ -44,6 +44,9 @@ _JOB = {field: flags.DEFINE_integer(field, None, f"Override the job's {field} (b
         for field in ("width", "global_batch_size", "micro_batches", "critic_updates", "generator_updates",
                       "warmup_cycles", "timed_cycles")}
 _COMPARE_JIT = flags.DEFINE_bool("compare_jit", False, "Add a trainer row with PhaseLoop.jit_compile flipped.")
+_COMPARE = flags.DEFINE_string("compare", None, "A JSON file an earlier run wrote with --output: also print each "
+                                "row's change against it (examples/s, and its ratio to trainer, which hosts do not "
+                                "change).")
 _CHILD = flags.DEFINE_enum("child", None, list(TOPOLOGIES), "Internal: run one topology in this process.")
 _CHILD_RUNS = flags.DEFINE_list("child_runs", [], "Internal: the child's runs, as row:variant.")
 _CHILD_RESULT = flags.DEFINE_string("child_result", None, "Internal: the file the child writes its rows to.")
@@ -215,14 +218,50 @@ def report(output: dict) -> str:
            f"{machine.get('load_after', float('nan')):.1f} on {machine['cpus']} CPUs", table(output["rows"])]
   shares = ", ".join(f"{r['input_share']:.1%} at {r['replicas']}r/{r['workers']}w"
                      for r in output["rows"] if "input_share" in r)
-  lines.append(f"trainer: {output['collectives_per_window']} all-reduce per window per model, "
-               f"{output['allreduce_bytes_per_example']:.0f} bytes all-reduced per example; the input pipeline "
-               f"alone takes {shares} of trainer's time")
+  collectives = output["collectives_per_window"]
+  counted = (f"{collectives} all-reduce per window per model" if collectives is not None
+             else "nothing to all-reduce at 1 replica (topologies 2 and 2w count the collectives)")
+  lines.append(f"trainer: {counted}, {output['allreduce_bytes_per_example']:.0f} bytes all-reduced per example; the "
+               f"input pipeline alone takes {shares} of trainer's time")
   for r in output["rows"]:
     if "variants" in r:
       lines.append(f"{r['name']} at {r['replicas']}r/{r['workers']}w: " + ", ".join(
           f"{k}: {v:.0f} examples/s" if isinstance(v, float) else f"{k}: {v}" for k, v in r["variants"].items()))
   return "\n".join(lines)
+
+
+def compare(output: dict, baseline: dict) -> str:
+  """Each row of `output` beside the same (name, replicas, workers) row of `baseline`, an earlier run's JSON.
+
+  Absolute examples/s moves with the host (2.5x between days on this project's VM type); the ratio to trainer on
+  the same topology is the figure to compare across runs.
+  """
+  before = {(r["name"], r["replicas"], r["workers"]): r for r in baseline["rows"]}
+  lines = [f"{'name':<26}{'replicas':>9}{'workers':>8}{'examples/s':>12}{'before':>10}{'change':>8}"
+           f"{'vs trainer':>12}{'before':>8}"]
+  for r in output["rows"]:
+    old = before.get((r["name"], r["replicas"], r["workers"]))
+    if old is None:
+      lines.append(f"{r['name']:<26}{r['replicas']:>9}{r['workers']:>8}{r['examples_per_sec']:>12.0f}"
+                   f"{'-':>10}{'-':>8}{r['vs_trainer']:>12.2f}{'-':>8}")
+      continue
+    lines.append(f"{r['name']:<26}{r['replicas']:>9}{r['workers']:>8}{r['examples_per_sec']:>12.0f}"
+                 f"{old['examples_per_sec']:>10.0f}{r['examples_per_sec'] / old['examples_per_sec']:>7.2f}x"
+                 f"{r['vs_trainer']:>12.2f}{old['vs_trainer']:>8.2f}")
+  if output.get("job") != baseline.get("job"):
+    lines.append(f"note: the jobs differ ({baseline.get('job')} before), so neither column compares like with like")
+  return "\n".join(lines)
+
+
+def _load_baseline(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      baseline = json.load(f)
+    if not isinstance(baseline, dict) or not isinstance(baseline.get("rows"), list):
+      raise ValueError("it has no 'rows' list")
+  except (OSError, ValueError) as e:
+    raise app.UsageError(f"--compare={path}: not a JSON file written by trainer.bench --output ({e})") from e
+  return baseline
 
 
 def main(argv: list[str]) -> None:
@@ -233,6 +272,7 @@ def main(argv: list[str]) -> None:
     with open(_CHILD_RESULT.value, "w", encoding="utf-8") as f:
       json.dump(child(_CHILD.value, _QUICK.value, runs), f)
     return
+  baseline = _load_baseline(_COMPARE.value) if _COMPARE.value else None  # first: a typo must not cost a run
   unknown = set(_TOPOLOGIES.value) - set(TOPOLOGIES)
   if unknown:
     raise app.UsageError(f"--topologies: unknown {sorted(unknown)}; choose from {', '.join(TOPOLOGIES)}")
@@ -262,6 +302,8 @@ def main(argv: list[str]) -> None:
   output.update(quick=_QUICK.value, repeats=repeats)
   output["machine"].update(load_before=load_before, load_after=os.getloadavg()[0])
   print(report(output))
+  if baseline is not None:
+    print(f"against {_COMPARE.value}:\n{compare(output, baseline)}")
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w", encoding="utf-8") as f:
       json.dump(output, f, indent=1)
