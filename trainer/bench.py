@@ -182,12 +182,19 @@ def best_rows(topology: str, results: list[dict]) -> dict:
   return {"rows": rows, "job": results[0]["job"], "tensorflow": results[0]["tensorflow"]}
 
 
+_HEAD = f"{'name':<26}{'replicas':>9}{'workers':>8}{'examples/s':>12}"
+
+
+def _head(r: dict) -> str:
+  """A row's first columns (under _HEAD), shared by `table` and `compare`."""
+  return f"{r['name']:<26}{r['replicas']:>9}{r['workers']:>8}{r['examples_per_sec']:>12.0f}"
+
+
 def table(rows: list[dict]) -> str:
   """The rows as an aligned text table."""
-  lines = [f"{'name':<26}{'replicas':>9}{'workers':>8}{'examples/s':>12}{'ms/update':>11}{'vs trainer':>12}"]
+  lines = [f"{_HEAD}{'ms/update':>11}{'vs trainer':>12}"]
   for r in rows:
-    lines.append(f"{r['name']:<26}{r['replicas']:>9}{r['workers']:>8}{r['examples_per_sec']:>12.0f}"
-                 f"{r['ms_per_update']:>11.1f}{r['vs_trainer']:>12.2f}")
+    lines.append(f"{_head(r)}{r['ms_per_update']:>11.1f}{r['vs_trainer']:>12.2f}")
   return "\n".join(lines)
 
 
@@ -237,17 +244,14 @@ def compare(output: dict, baseline: dict) -> str:
   the same topology is the figure to compare across runs.
   """
   before = {(r["name"], r["replicas"], r["workers"]): r for r in baseline["rows"]}
-  lines = [f"{'name':<26}{'replicas':>9}{'workers':>8}{'examples/s':>12}{'before':>10}{'change':>8}"
-           f"{'vs trainer':>12}{'before':>8}"]
+  lines = [f"{_HEAD}{'before':>10}{'change':>8}{'vs trainer':>12}{'before':>8}"]
   for r in output["rows"]:
     old = before.get((r["name"], r["replicas"], r["workers"]))
     if old is None:
-      lines.append(f"{r['name']:<26}{r['replicas']:>9}{r['workers']:>8}{r['examples_per_sec']:>12.0f}"
-                   f"{'-':>10}{'-':>8}{r['vs_trainer']:>12.2f}{'-':>8}")
-      continue
-    lines.append(f"{r['name']:<26}{r['replicas']:>9}{r['workers']:>8}{r['examples_per_sec']:>12.0f}"
-                 f"{old['examples_per_sec']:>10.0f}{r['examples_per_sec'] / old['examples_per_sec']:>7.2f}x"
-                 f"{r['vs_trainer']:>12.2f}{old['vs_trainer']:>8.2f}")
+      lines.append(f"{_head(r)}{'-':>10}{'-':>8}{r['vs_trainer']:>12.2f}{'-':>8}")
+    else:
+      lines.append(f"{_head(r)}{old['examples_per_sec']:>10.0f}{r['examples_per_sec'] / old['examples_per_sec']:>7.2f}x"
+                   f"{r['vs_trainer']:>12.2f}{old['vs_trainer']:>8.2f}")
   if output.get("job") != baseline.get("job"):
     lines.append(f"note: the jobs differ ({baseline.get('job')} before), so neither column compares like with like")
   return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The outer loop: build the models under the strategy, restore, run the schedule, checkpoint, report."""
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -191,7 +192,9 @@ def train(
   telemetry = Telemetry(model_dir, train_steps, write_files=chief)
   loops: dict[tuple[str, int], PhaseLoop] = {}
   last_log, last_eval = {}, {}
-  watchdog = Watchdog(stall_timeout, on_exit=None if chief else lambda: shutil.rmtree(save_dir, ignore_errors=True))
+  # A non-chief's scratch copy goes when train returns, and also when the watchdog ends the process (os._exit).
+  remove_scratch = None if chief else functools.partial(shutil.rmtree, save_dir, ignore_errors=True)
+  watchdog = Watchdog(stall_timeout, on_exit=remove_scratch)
   preemption = Preemption(strategy)
   update = saved_at = 0
   try:
@@ -252,6 +255,6 @@ def train(
   finally:
     preemption.close()
     telemetry.close()
-    if not chief:
-      shutil.rmtree(save_dir, ignore_errors=True)
+    if remove_scratch:
+      remove_scratch()
   return Run(built, opts, loops, update, last_log, last_eval)
