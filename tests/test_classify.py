@@ -1,10 +1,10 @@
-"""trainer.classify: the shipped digits scorer, the classifier's loss, the GAN score, and shape errors."""
+"""trainer.tasks.classify: the shipped digits scorer, the classifier's loss, the GAN score, and shape errors."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import classify, models
+from trainer.tasks import classify, models
 from trainer.errors import UserError
 
 
@@ -31,6 +31,6 @@ def test_a_model_that_cannot_take_the_images_names_both_shapes():
 
 def test_an_untrained_generator_scores_near_chance():
   generator = models.mlp(42, 64, (32,), output_activation="tanh", name="generator")
-  figures = classify.digits_gan_quality({"generator": generator}, "", per_class=20)
+  figures = classify.digits_gan_quality({"generator": generator}, per_class=20)
   assert figures["accuracy"] < 0.3 and figures["classes_drawn"] <= 2
   assert figures["real_accuracy"] >= 0.95 and 0 < figures["diversity"]

@@ -1,4 +1,5 @@
-"""Every shipped configs/*.gin parses, binds the run function completely, and defines the documented macros."""
+"""trainer.config: every shipped configs/*.gin parses in a fresh process (it imports what it configures), binds the
+run function completely and defines the documented macros; gin mistakes are one line."""
 
 import glob
 import os
@@ -6,7 +7,9 @@ import os
 import gin
 import pytest
 
+from tests.processes import run
 from trainer import config
+from trainer.errors import UserError
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.gin")))
 
@@ -30,3 +33,30 @@ def test_config_parses_and_sets_the_contract(path):
 def test_a_shorter_run_is_one_binding_away():
   config.parse([os.path.join("configs", "ring_gan.gin")], ["TRAIN_STEPS = 20"])
   assert gin.query_parameter("%TRAIN_STEPS") == 20
+
+
+def test_every_config_imports_the_modules_it_configures():
+  # In a fresh process nothing but trainer.main's own imports is loaded, so a config that forgot an
+  # `import trainer.tasks...` line fails here (in this process other tests have imported everything already).
+  code = ("import sys; from trainer import config, main; "
+          "assert not [m for m in sys.modules if m.startswith('trainer.tasks')], 'main imports a task'; "
+          f"[(config.parse([p], []), __import__('gin').clear_config()) for p in {CONFIGS!r}]")
+  result = run("-c", code, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("import no_such_module_xyz\n", r"No module named 'no_such_module_xyz' \(.*x.gin:1: import no_such_module_xyz\); "
+                                     r"fix the module name, or put its directory on PYTHONPATH"),
+    ("train.models = {'a': @no_such_thing}\n", r"no configurable named 'no_such_thing' \(is the module that defines "
+                                               r"it imported at the top of the gin file\?\)"),
+])
+def test_a_missing_module_or_import_is_one_line(tmp_path, text, message):
+  (tmp_path / "x.gin").write_text(text)
+  with pytest.raises(UserError, match=message):
+    config.parse([str(tmp_path / "x.gin")], [])
+
+
+def test_a_configurable_of_trainer_that_is_not_imported_names_its_module():
+  assert config._import_hint("ns_critic_loss") == (  # pylint: disable=protected-access
+      " (it is in trainer.tasks.gan: add `import trainer.tasks.gan` to the gin file)")

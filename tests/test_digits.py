@@ -1,4 +1,4 @@
-"""trainer.digits: the local `digits` TFDS builder prepares offline and loads with tfds."""
+"""trainer.tasks.digits: the local `digits` TFDS builder prepares offline and loads with tfds."""
 
 import shutil
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.processes import REPO
-from trainer import digits  # registers the builder
+from trainer.tasks import digits  # registers the builder
 from trainer.errors import UserError
 
 

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from trainer import classify, config, train
+from trainer import config, train
+from trainer.tasks import classify
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -75,8 +75,8 @@ def test_the_watchdog_ends_a_stuck_call_with_exit_code_4_after_its_cleanup(tmp_p
 
 
 def _sigterm_at(update):
-  def evaluate(models, model_dir, *_):
-    del models, model_dir
+  def evaluate(models):
+    del models
     if not evaluate.sent:  # SIGTERM arrives during the run, at a known update
       evaluate.sent = True
       os.kill(os.getpid(), signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""trainer.gan: the conditional non-saturating losses, and shape errors that stay one line inside a traced step."""
+"""trainer.tasks.gan: the conditional non-saturating losses, and shape errors that stay one line inside a traced step."""
 
 import re
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import gan, models
+from trainer.tasks import gan, models
 from trainer.errors import UserError
 
 

@@ -1,8 +1,8 @@
-"""trainer.images: sample grids and scatters as uint8 pictures."""
+"""trainer.tasks.images: sample grids and scatters as uint8 pictures."""
 
 import numpy as np
 
-from trainer import images
+from trainer.tasks import images
 
 
 def test_grid_tiles_rows_with_borders_and_scales_values():

@@ -1,9 +1,9 @@
-"""trainer.ring: the data and the mode-collapse figures."""
+"""trainer.tasks.ring: the data and the mode-collapse figures."""
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import ring
+from trainer.tasks import ring
 
 
 def test_data_lies_on_the_ring_modes():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import config, regression, train
+from trainer import config, train
+from trainer.tasks import regression
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests import toy
-from trainer import regression
+from trainer.tasks import regression
 from trainer.errors import TrainingFailed, UserError
 
 
@@ -81,7 +81,7 @@ def test_checkpoint_of_other_models_is_refused(tmp_path):
 
 
 def _wider(name):
-  from trainer import models
+  from trainer.tasks import models
   return models.mlp(input_dim=4, output_dim=1, hidden=(9,), name=name)
 
 

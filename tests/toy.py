@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import models, regression, train
+from trainer import train
+from trainer.tasks import models, regression
 from trainer.schedule import Schedule
 
 

@@ -56,3 +56,8 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
     ) from e
   logging.info("restored %s", path)
   return path
+
+
+def save(manager: tf.train.CheckpointManager, checkpoint_number: int, check_interval: bool = True) -> str | None:
+  """Saves a checkpoint numbered `checkpoint_number`; returns its path (None when the manager skipped it)."""
+  return manager.save(checkpoint_number=checkpoint_number, check_interval=check_interval)

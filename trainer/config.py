@@ -1,7 +1,8 @@
 """Gin at the edge: what configs may name, parsing files and bindings with clear errors, the operative config.
 
-Configs name functions by their short names (`@mlp`, `@Schedule()`, `@generator/Adam`). The project's own
-configurables are declared with @gin.configurable in the modules imported below; Keras classes are registered here
+Configs name functions by their short names (`@mlp`, `@Schedule()`, `@generator/Adam`). A gin file imports the
+modules whose configurables it uses (`import trainer.tasks.gan`, or a user's `import my_models`), so one can grep
+from a config to its code and a user's module works exactly like ours. Keras classes are registered here
 explicitly, because `import gin.tf` is broken on TF 2.21 (it needs tf.estimator).
 """
 
@@ -13,8 +14,6 @@ from typing import Sequence
 import gin
 import keras
 
-# noqa: F401 below: imported for their @gin.configurable functions.
-from trainer import classify, datasets, gan, models, regression, ring, schedule, train  # noqa: F401
 from trainer.errors import UserError, did_you_mean
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +43,19 @@ def _parameter_names(configurable: str) -> list[str]:
   return [p for p in inspect.signature(fn).parameters if p != "self"]
 
 
+def _import_hint(name: str) -> str:
+  """Names the trainer module that defines configurable `name`, for a gin file that forgot to import it."""
+  package = os.path.join(_REPO, "trainer")
+  for folder in (package, os.path.join(package, "tasks")):
+    for file in sorted(os.listdir(folder)):
+      if file.endswith(".py"):
+        with open(os.path.join(folder, file), encoding="utf-8") as f:
+          if re.search(rf"^(def|class) {re.escape(name)}\b", f.read(), flags=re.M):
+            module = os.path.relpath(os.path.join(folder, file[:-3]), _REPO).replace(os.sep, ".")
+            return f" (it is in {module}: add `import {module}` to the gin file)"
+  return " (is the module that defines it imported at the top of the gin file?)"
+
+
 def explain(error: Exception) -> str:
   """One line saying what is wrong in a gin config, and how to fix it when that can be guessed."""
   message = str(error)
@@ -54,7 +66,10 @@ def explain(error: Exception) -> str:
     location = f" ({file}:{line}: {text.strip()})" if file else f" (--gin_bindings: {text.strip()})"
   if m := re.search(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'", message):
     name = m.group(1).split("/")[-1]
-    return f"no configurable named '{name}'{did_you_mean(name, _configurable_names())}{location}"
+    close = did_you_mean(name, _configurable_names())
+    return f"no configurable named '{name}'{close or _import_hint(name)}{location}"
+  if isinstance(error, ImportError):
+    return f"{message.splitlines()[0]}{location}; fix the module name, or put its directory on PYTHONPATH"
   if m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
     name, parameter = m.groups()
     return (f"'{name}' has no parameter '{parameter}'{did_you_mean(parameter, _parameter_names(name))}"
@@ -84,7 +99,7 @@ def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
   resolved = [_resolve(f) for f in files]
   try:
     gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
-  except (ValueError, SyntaxError, KeyError, TypeError) as e:
+  except (ValueError, SyntaxError, KeyError, TypeError, ImportError) as e:
     raise UserError(f"bad gin config: {explain(e)}") from e
 
 

@@ -23,7 +23,7 @@ from trainer.errors import UserError
 Preprocess = Callable[[dict, tf.Tensor], dict]
 """Maps (features gathered from the dataset, with leading dim b; the global example indices [b]) to a batch."""
 
-LOCAL_BUILDERS = {"digits": "trainer.digits"}  # prepared from files on this machine: no download, ever
+LOCAL_BUILDERS = {"digits": "trainer.tasks.digits"}  # prepared from files on this machine: no download, ever
 
 
 def _split_names(split: str) -> list[str]:

@@ -7,8 +7,8 @@ forever, and MWMS swallows SIGTERM. Each gets an answer here:
     the addresses that never answered;
   * `Watchdog`: a thread that ends the process when one compiled training call outlives its deadline (the GIL is
     released while TF executes, so the thread runs);
-  * `Preemption`: SIGTERM sets a flag; at the next loop boundary all workers agree (a one-scalar all-reduce, once per
-    loop, not per window), save a checkpoint and exit with EXIT_PREEMPTED.
+  * `Preemption`: SIGTERM or SIGUSR1 sets a flag; at the next loop boundary all workers agree (a one-scalar
+    all-reduce, once per loop, not per window), save a checkpoint and exit with EXIT_PREEMPTED.
 CollectiveCommunication's own `timeout_seconds` is not used for stalls: it starts a thread per collective that
 lives for the whole timeout (TF's docstring), i.e. tens of thousands of threads at our update rates.
 """
@@ -145,37 +145,43 @@ class Watchdog:
 
 
 class Preemption:
-  """SIGTERM means: save at the next loop boundary and exit. `requested()` is the same on every worker.
+  """SIGTERM or SIGUSR1 means: save at the next loop boundary and exit. `requested()` is the same on every worker.
 
-  Creating it installs its SIGTERM handler (replacing MWMS's, which ignores the signal); `close()` restores the
-  previous one.
+  SIGTERM is what Kubernetes, Docker and Slurm's own preemption send; SIGUSR1 is launch/slurm.sbatch's time-limit
+  warning, since srun kills its step on SIGTERM but passes SIGUSR1 on to the tasks. Creating it installs the handler
+  for both (replacing MWMS's, which ignores SIGTERM); `close()` restores the previous ones.
   """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
   def __init__(self, strategy: tf.distribute.Strategy):
     self._strategy = strategy
     self._signalled = threading.Event()
-    self._previous = None
+    self.signal_name = "SIGTERM"  # the signal that asked for the preemption, for the message
+    self._previous = {}
     self._agree = None
     if strategy.extended._in_multi_worker_mode():  # pylint: disable=protected-access
-      # Any worker's SIGTERM stops all of them at the same update: sum the flags over the cluster.
+      # Any worker's signal stops all of them at the same update: sum the flags over the cluster.
       self._agree = tf.function(lambda flag: strategy.reduce(
           tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None))
     if threading.current_thread() is threading.main_thread():  # Python only delivers signals to the main thread
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
   def close(self) -> None:
-    """Restores the SIGTERM handler that was there before."""
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    """Restores the handlers that were there before."""
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+    self._previous = {}
 
   def _handler(self, signum, frame) -> None:
-    del signum, frame
-    logging.warning("SIGTERM received: saving at the next loop boundary, then exiting")
+    del frame
+    self.signal_name = signal.Signals(signum).name
+    logging.warning("%s received: saving at the next loop boundary, then exiting", self.signal_name)
     self._signalled.set()
 
   def requested(self) -> bool:
-    """Whether any worker received SIGTERM. A collective call in multi-worker mode: call it on every worker."""
+    """Whether any worker received SIGTERM or SIGUSR1. A collective call in multi-worker mode: call it on every
+    worker."""
     flag = 1.0 if self._signalled.is_set() else 0.0
     if self._agree is None:
       return flag > 0

@@ -15,7 +15,7 @@ import gin  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from trainer import config, strategy, train  # noqa: E402
-from trainer.errors import UserError  # noqa: E402
+from trainer.errors import Stop, UserError  # noqa: E402
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s); repeatable, later files win.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings 'NAME=VALUE'; repeatable, override files.")
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     run()
-  except UserError as e:
+  except Stop as e:
     if logging.get_verbosity() >= 1:
       traceback.print_exc()
     print(f"{e.label}: {str(e).strip().splitlines()[0]}", file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import NamedTuple, Sequence
 
 import gin
 
-from trainer.errors import UserError
+from trainer.errors import UserError, check_count
 
 
 class Phase(NamedTuple):
@@ -39,9 +39,7 @@ def _as_phase(spec, where: str, default_micro_batches: int) -> Phase:
   if not isinstance(phase.model, str):
     raise UserError(f"{where}: the model name must be a string, got {phase.model!r}")
   for field in ("updates", "micro_batches"):
-    value = getattr(phase, field)
-    if not isinstance(value, int) or value < 1:
-      raise UserError(f"{where}: {field} must be a positive integer, got {value!r}")
+    check_count(f"{where}: {field}", getattr(phase, field))
   return phase
 
 
@@ -57,8 +55,7 @@ class Schedule:
   """
 
   def __init__(self, cycle: Sequence = gin.REQUIRED, warmup: Sequence = (), micro_batches: int = 1):
-    if not isinstance(micro_batches, int) or micro_batches < 1:
-      raise UserError(f"Schedule.micro_batches must be a positive integer, got {micro_batches!r}")
+    check_count("Schedule.micro_batches", micro_batches)
     if not cycle:
       raise UserError("Schedule.cycle is empty: give at least one phase, e.g. [('model', 1)]")
     self.warmup = tuple(_as_phase(p, f"Schedule.warmup[{i}]", micro_batches) for i, p in enumerate(warmup))

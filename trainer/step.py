@@ -75,7 +75,7 @@ class PhaseLoop:
     self._model = models[name]
     self._optimizer = optimizer
     self._loss_fn = loss_fn
-    self._window_examples = global_batch_size * micro_batches
+    self.window_examples = global_batch_size * micro_batches
     self._counters = counters
     self._graph = None
     self._window_fn = self._window
@@ -93,7 +93,7 @@ class PhaseLoop:
     # Each per-example figure is divided by the examples in the whole window across all replicas
     # (GLOBAL_BATCH_SIZE * K). Gradients are then summed over the K micro-batches here and over the replicas by the
     # all-reduce, which yields exactly the gradient of the mean loss over the window's global batch.
-    sums = {n: tf.reduce_sum(tf.cast(v, tf.float32)) / self._window_examples for n, v in figures.items()}
+    sums = {n: tf.reduce_sum(tf.cast(v, tf.float32)) / self.window_examples for n, v in figures.items()}
     self.figure_names = sorted(sums)
     value = sums["loss"]
     if self._model.losses:  # regularisation terms count once per update, however the window is split

@@ -94,6 +94,18 @@ class Telemetry:
           tf.summary.scalar(key, value)
     self._writer.flush()
 
+  def evaluation(self, results: Mapping[str, float | np.ndarray], update: int, seconds: float) -> dict:
+    """Reports an evaluation's results at `update`: uint8 arrays as pictures (`image`), the rest as numbers on the
+    console, in metrics.jsonl and TensorBoard under eval/. Returns the numbers."""
+    is_picture = lambda v: isinstance(v, np.ndarray) and v.dtype == np.uint8
+    for name, value in results.items():
+      if is_picture(value):
+        self.image(f"eval/{name}", value, update)
+    figures = {f"eval/{k}": float(v) for k, v in results.items() if not is_picture(v)}
+    logging.info("eval at update %d (%.1fs): %s", update, seconds, " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+    self.write({"update": update, **figures}, update)
+    return figures
+
   def image(self, name: str, image: np.ndarray, step: int) -> str | None:
     """Writes uint8 `image` [H, W, C] as a TensorBoard image and as model_dir/samples/<name>_<step>.png.
 

@@ -1,34 +1,37 @@
-"""The outer loop: build the models under the strategy, restore, run the schedule, checkpoint, report."""
+"""The training recipe: validate, build every model and optimizer under the strategy, restore, hand the loop to the
+controller with its actions, return what was trained."""
 
 import dataclasses
 import functools
 import os
 import shutil
 import tempfile
-import time
 import uuid
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import checkpoints
+from trainer import actions, checkpoints
+from trainer.controller import Checkpointer, Controller
 from trainer.data import ExamplesFn, distributed_iterator
-from trainer.errors import ClusterFault, Preempted, TrainingFailed, UserError, did_you_mean
+from trainer.errors import UserError, check_count, did_you_mean
 from trainer.faults import Preemption, Watchdog
 from trainer.schedule import Schedule
 from trainer.step import LossFn, PhaseLoop
 from trainer.strategy import is_chief
 from trainer.telemetry import Telemetry
 
-Evaluate = Callable[[Mapping[str, keras.Model], str], Mapping[str, float | np.ndarray]]
-"""Maps (models, model_dir) to named figures (numbers) and pictures (uint8 arrays [H, W, C]).
 
-Pictures go to TensorBoard and to model_dir/samples/<name>_<update>.png; numbers to the log, metrics.jsonl and
-TensorBoard."""
+class State(NamedTuple):
+  """Everything a checkpoint holds: the models and their optimizers by name, and the update and micro-batch
+  counters that place the run in its schedule and its data."""
+
+  models: dict[str, keras.Model]
+  optimizers: dict[str, keras.optimizers.Optimizer]
+  counters: dict[str, tf.Variable]
 
 
 @dataclasses.dataclass
@@ -43,14 +46,12 @@ class Run:
   last_eval: dict
 
 
-def _positive(name: str, value) -> None:
-  if not isinstance(value, int) or value < 1:
-    raise UserError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _validate(models, optimizers, losses, schedule: Schedule, train_steps, global_batch_size, replicas) -> None:
-  _positive("train.train_steps (TRAIN_STEPS)", train_steps)
-  _positive("train.global_batch_size (GLOBAL_BATCH_SIZE)", global_batch_size)
+def _validate(models, optimizers, losses, schedule: Schedule, train_steps, global_batch_size, replicas,
+              counts: Mapping[str, int]) -> None:
+  check_count("train.train_steps (TRAIN_STEPS)", train_steps)
+  check_count("train.global_batch_size (GLOBAL_BATCH_SIZE)", global_batch_size)
+  for name, value in counts.items():
+    check_count(f"train.{name}", value, minimum=0 if name == "eval_every" else 1)
   for what, table in (("optimizers", optimizers), ("losses", losses)):
     for name in table:
       if name not in models:
@@ -80,48 +81,28 @@ def _check_writable(model_dir: str) -> None:
                     "write to") from e
 
 
-def _build(strategy, factories, optimizer_factories, seed):
-  """Creates every model and optimizer, and every optimizer's slots, under the strategy scope before any step."""
+def build(strategy: tf.distribute.Strategy, factories: Mapping[str, Callable[[], keras.Model]],
+          optimizer_factories: Mapping[str, Callable[[], keras.optimizers.Optimizer]], seed: int) -> State:
+  """Creates every model and optimizer, every optimizer's slots, and the update and micro-batch counters, under
+  the strategy scope before any step (a checkpoint written before a model's first phase still holds its slots)."""
   with strategy.scope():
     keras.utils.set_random_seed(seed)
     models, optimizers = {}, {}
-    for name, factory in factories.items():
+    for name, factory in sorted(factories.items()):
       model = factory()
       if not isinstance(model, keras.Model) or not model.built or not model.trainable_variables:
         raise UserError(f"train.models['{name}'] must return a built keras.Model with trainable weights "
                         "(give it a keras.Input)")
       models[name] = model
-    for name, factory in optimizer_factories.items():
+    for name, factory in sorted(optimizer_factories.items()):
       optimizers[name] = factory()
       optimizers[name].build(models[name].trainable_variables)
     counters = {
         "update": tf.Variable(0, dtype=tf.int64, trainable=False, name="update"),
         "micro_batch": tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_batch"),
     }
-  return models, optimizers, counters
+  return State(models, optimizers, counters)
 
-
-def _evaluate(evaluate: Evaluate, models, model_dir: str, update: int, telemetry: Telemetry) -> dict:
-  start = time.perf_counter()
-  results = evaluate(models, model_dir)
-  for name, value in results.items():
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
-      telemetry.image(f"eval/{name}", value, update)
-  figures = {f"eval/{k}": float(v) for k, v in results.items()
-             if not (isinstance(v, np.ndarray) and v.dtype == np.uint8)}
-  logging.info("eval at update %d (%.1fs): %s", update, time.perf_counter() - start,
-               " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
-  telemetry.write({"update": update, **figures}, update)
-  return figures
-
-
-def _next_multiple(update: int, every: int) -> int:
-  return (update // every + 1) * every if every > 0 else np.iinfo(np.int64).max
-
-
-# What a lost or failed peer raises inside a collective (UnavailableError after the ~10 s heartbeat).
-_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
-                tf.errors.CancelledError)
 
 
 @gin.configurable(denylist=["model_dir", "strategy", "stall_timeout"])
@@ -141,8 +122,9 @@ def train(
     log_every: int = 100,
     checkpoint_every: int = 1000,
     keep_checkpoints: int = 3,
-    evaluate: Evaluate | None = None,
+    evaluate: actions.EvaluateFn | None = None,
     eval_every: int = 0,
+    export: actions.ExportFn | None = None,
     on_setup: Callable[[str], None] | None = None,
     stall_timeout: float = 0,
 ) -> Run:
@@ -160,101 +142,59 @@ def train(
     train_steps: total optimizer updates, summed over all models (gin macro TRAIN_STEPS).
     global_batch_size: examples per micro-batch, summed over all replicas (gin macro GLOBAL_BATCH_SIZE).
     seed: seeds model initialisation (the data has its own seed in `examples`).
-    steps_per_loop: the most updates run inside one compiled call (fewer at phase, log, checkpoint and eval
-      boundaries); Python dispatch is paid once per loop.
+    steps_per_loop: the most updates run inside one compiled call (fewer at phase boundaries and where an action
+      is due); Python dispatch is paid once per call.
     log_every: updates between progress lines / metrics.jsonl records / TensorBoard scalars.
     checkpoint_every: updates between checkpoints (one is also written at the end).
     keep_checkpoints: how many recent checkpoints to keep.
-    evaluate: optional quality measurement, run by the chief every `eval_every` updates and at the end.
+    evaluate: optional quality measurement (trainer.actions.EvaluateFn), run by the chief every `eval_every`
+      updates and at the end.
     eval_every: updates between evaluations; 0 evaluates only at the end.
+    export: optional (models, model_dir) -> None, run by the chief after the last update.
     on_setup: called with model_dir once everything is built (trainer.main writes the operative config there).
     stall_timeout: seconds one compiled loop call may take before the process exits with code 4 (0: no limit);
       trainer.main's --stall_timeout. A stalled peer otherwise blocks the others' collectives forever.
 
-  On SIGTERM, every worker saves a checkpoint at the next loop boundary and raises Preempted (exit code 42).
+  On SIGTERM (or SIGUSR1, Slurm's warning), every worker saves at the next call boundary and raises Preempted.
   """
-  for name, value in (("steps_per_loop", steps_per_loop), ("log_every", log_every),
-                      ("checkpoint_every", checkpoint_every), ("keep_checkpoints", keep_checkpoints)):
-    _positive(f"train.{name}", value)
-  if not isinstance(eval_every, int) or eval_every < 0:
-    raise UserError(f"train.eval_every must be an integer >= 0 (0: only at the end), got {eval_every!r}")
-  replicas = strategy.num_replicas_in_sync
-  _validate(models, optimizers, losses, schedule, train_steps, global_batch_size, replicas)
+  _validate(models, optimizers, losses, schedule, train_steps, global_batch_size, strategy.num_replicas_in_sync,
+            dict(steps_per_loop=steps_per_loop, log_every=log_every, checkpoint_every=checkpoint_every,
+                 keep_checkpoints=keep_checkpoints, eval_every=eval_every))
   chief = is_chief(strategy)
   if chief:
     _check_writable(model_dir)
-
-  built, opts, counters = _build(strategy, {n: models[n] for n in sorted(models)},
-                                 {n: optimizers[n] for n in sorted(optimizers)}, seed)
+  state = build(strategy, models, optimizers, seed)
   # Every worker must call save (the variables need all of them); only the chief's copy is kept.
   checkpoint_dir = os.path.join(model_dir, "checkpoints")
   save_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="trainer-worker-checkpoints-")
-  telemetry = Telemetry(model_dir, train_steps, write_files=chief)
-  loops: dict[tuple[str, int], PhaseLoop] = {}
-  last_log, last_eval = {}, {}
   # A non-chief's scratch copy goes when train returns, and also when the watchdog ends the process (os._exit).
   remove_scratch = None if chief else functools.partial(shutil.rmtree, save_dir, ignore_errors=True)
-  watchdog = Watchdog(stall_timeout, on_exit=remove_scratch)
-  preemption = Preemption(strategy)
-  update = saved_at = 0
+  telemetry = Telemetry(model_dir, train_steps, write_files=chief)
+  watchdog, preemption = Watchdog(stall_timeout, on_exit=remove_scratch), Preemption(strategy)
   try:
-    manager = checkpoints.make_manager(save_dir, built, opts, counters, keep_checkpoints)
+    manager = checkpoints.make_manager(save_dir, *state, keep_checkpoints)
     checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
-    update = int(counters["update"].numpy())
-    if update >= train_steps:
-      logging.info("%s already holds %d updates (train_steps=%d): nothing to do", model_dir, update, train_steps)
+    start = int(state.counters["update"].numpy())
+    if start >= train_steps:
+      logging.info("%s already holds %d updates (train_steps=%d): nothing to do", model_dir, start, train_steps)
     if chief and on_setup:
       on_setup(model_dir)
-    logging.info("training %s with %s on %d replica(s), global batch %d, from update %d of %d",
-                 ", ".join(built), schedule, replicas, global_batch_size, update, train_steps)
-    iterator = distributed_iterator(strategy, examples, global_batch_size, int(counters["micro_batch"].numpy()))
-    total_micro = schedule.micro_batches_before(train_steps)
-    saved_at = update
-    while update < train_steps:
-      position = schedule.position(update)
-      phase = position.phase
-      n = min(position.updates_left, train_steps - update, steps_per_loop,
-              _next_multiple(update, log_every) - update,
-              _next_multiple(update, checkpoint_every) - update,
-              _next_multiple(update, eval_every) - update)
-      key = (phase.model, phase.micro_batches)
-      if key not in loops:
-        loops[key] = PhaseLoop(strategy, built, phase.model, opts[phase.model], losses[phase.model],
-                               phase.micro_batches, global_batch_size, counters)
-      loop = loops[key]
-      with watchdog.watch(f"updates {update + 1}-{update + n} (phase '{phase.model}')"):
-        rows, applied = loop.loop(iterator, tf.constant(n, tf.int32))
-        rows, applied = rows.numpy(), int(applied.numpy())
-      telemetry.record(phase.model, loop.figure_names, rows[:applied],
-                       applied * phase.micro_batches * global_batch_size)
-      update += applied
-      if applied < n:
-        saved = manager.save(checkpoint_number=update, check_interval=False)
-        bad = ", ".join(f"{phase.model}/{k}={v:.4g}" for k, v in zip(loop.figure_names, rows[applied]))
-        raise TrainingFailed(
-            f"non-finite loss or gradient at update {update + 1} (phase '{phase.model}': {bad}); that update was "
-            f"not applied and the last good state is saved as {saved}. Lower the learning rate of "
-            f"'{phase.model}' or check its loss")
-      if update % log_every == 0 or update == train_steps:
-        remaining = (total_micro - schedule.micro_batches_before(update)) * global_batch_size
-        last_log = telemetry.flush(update, phase.model, remaining)
-      if update % checkpoint_every == 0 or update == train_steps:
-        manager.save(checkpoint_number=update)
-        saved_at = update
-      if chief and evaluate and (update == train_steps or (eval_every and update % eval_every == 0)):
-        last_eval = _evaluate(evaluate, built, model_dir, update, telemetry)
-      if update < train_steps and preemption.requested():
-        if saved_at != update:
-          manager.save(checkpoint_number=update, check_interval=False)
-        raise Preempted(f"SIGTERM received; saved update {update} of {train_steps} in {checkpoint_dir}; run the "
-                        "same command again to resume")
-  except _PEER_ERRORS as e:
-    raise ClusterFault(f"lost contact with a peer worker after update {update} ({type(e).__name__}); restart the "
-                       "whole job (launch.local --max_restarts does): it resumes from the last checkpoint (update "
-                       f"{saved_at})") from e
+    logging.info("training %s with %s on %d replica(s), global batch %d, from update %d of %d", ", ".join(state.models),
+                 schedule, strategy.num_replicas_in_sync, global_batch_size, start, train_steps)
+    iterator = distributed_iterator(strategy, examples, global_batch_size, int(state.counters["micro_batch"].numpy()))
+    make_loop = lambda phase: PhaseLoop(strategy, state.models, phase.model, state.optimizers[phase.model],
+                                        losses[phase.model], phase.micro_batches, global_batch_size, state.counters)
+    log = actions.Log(telemetry, log_every, schedule, train_steps, global_batch_size)
+    evaluation = actions.Evaluation(evaluate, state.models, telemetry, eval_every) if evaluate else None
+    periodic = [log, evaluation, actions.Export(export, state.models, model_dir) if export else None]
+    checkpointer = Checkpointer(functools.partial(checkpoints.save, manager), checkpoint_every, checkpoint_dir, start)
+    controller = Controller(schedule=schedule, train_steps=train_steps, steps_per_loop=steps_per_loop, start=start,
+                            make_loop=make_loop, iterator=iterator, telemetry=telemetry, checkpointer=checkpointer,
+                            actions=[a for a in periodic if a], watchdog=watchdog, preemption=preemption, chief=chief)
+    update = controller.run()
   finally:
     preemption.close()
     telemetry.close()
     if remove_scratch:
       remove_scratch()
-  return Run(built, opts, loops, update, last_log, last_eval)
+  return Run(state.models, state.optimizers, controller.loops, update, log.last, evaluation.last if evaluation else {})

@@ -1,6 +1,6 @@
-"""The benchmark's job, and the four ways of training it that `trainer.bench` times side by side.
+"""The benchmark's job, and the four ways of training it that `python -m benchmarks` times side by side.
 
-The job: the non-saturating GAN of the default config (trainer.gan, trainer.ring) with a generator and a critic of
+The job: the non-saturating GAN of the ring config (trainer.tasks.gan, trainer.tasks.ring) with a generator and a critic of
 `depth` hidden layers of `width` units, critic 2 : generator 1, every update accumulating K micro-batches of G
 examples (G summed over replicas). Each way runs `warmup_cycles` untimed cycles (tracing, first allocations) and
 then `timed_cycles` timed ones, and returns the same figures. In every row an "update" is K micro-batches, i.e.
@@ -23,7 +23,8 @@ import gin
 import keras
 import tensorflow as tf
 
-from trainer import data, gan, models, ring, train
+from trainer import data, train
+from trainer.tasks import gan, models, ring
 from trainer.accumulate import accumulate_gradients
 from trainer.schedule import Schedule
 
@@ -69,13 +70,8 @@ def _adam(job: Job) -> keras.optimizers.Optimizer:
 
 
 def _build(job: Job, strategy: tf.distribute.Strategy):
-  """The two models and their optimizers (slots built), under `strategy`, as trainer.train builds them."""
-  with strategy.scope():
-    keras.utils.set_random_seed(0)
-    nets = {name: make() for name, make in _mlps(job).items()}
-    optimizers = {name: _adam(job) for name in nets}
-    for name, optimizer in optimizers.items():
-      optimizer.build(nets[name].trainable_variables)
+  """The two models and their optimizers (slots built), under `strategy`, exactly as trainer.train builds them."""
+  nets, optimizers, _ = train.build(strategy, _mlps(job), {name: functools.partial(_adam, job) for name in LOSSES}, 0)
   return nets, optimizers
 
 

@@ -35,10 +35,8 @@ def absolute_error(models: Mapping[str, keras.Model], batch: dict, model: str) -
 
 
 @gin.configurable
-def regression_quality(models: Mapping[str, keras.Model], model_dir: str, examples: int = 4096,
-                       first_index: int = 2**40) -> dict:
+def regression_quality(models: Mapping[str, keras.Model], examples: int = 4096, first_index: int = 2**40) -> dict:
   """Each model's mean squared and absolute error on held-out examples (indices far beyond any training run's)."""
-  del model_dir  # figures only
   batch = regression_examples(tf.range(first_index, first_index + examples, dtype=tf.int64),
                               input_dim=next(iter(models.values())).input_shape[-1])
   figures = {}

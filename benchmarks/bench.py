@@ -1,6 +1,6 @@
-r"""Benchmark: python -m trainer.bench [--quick] [--output=FILE.json].
+r"""Benchmark: python -m benchmarks [--quick] [--output=FILE.json].
 
-Times one alternating job (trainer.bench_runs: a GAN, critic 2 : generator 1, K micro-batches per update) run by
+Times one alternating job (benchmarks.runs: a GAN, critic 2 : generator 1, K micro-batches per update) run by
 this project's trainer, by Keras `fit`, by the naive per-micro-batch loop and by the compute-only bound, at 1 and
 2 MirroredStrategy replicas on logical CPU devices, and trainer vs the naive loop on 2 MultiWorkerMirroredStrategy
 workers over loopback. Prints a table and writes (--output)
@@ -12,7 +12,7 @@ Every run is a child process of its own (`--child`; one per worker on 2 workers)
 MirroredStrategy over two device counts (collective keys clash), and a TensorFlow process slows down as it ages,
 which would favour the row that runs first. Each row is the best of `--repeats` timed runs, taken in turn
 (trainer, keras_fit, naive, ...), so a load change hits them alike. `--quick` shrinks the job to a smoke test
-(1.5 minutes here) and runs each topology in one process; its figures are not the ones to quote.
+and runs each topology in one process; its figures are not the ones to quote.
 """
 
 import dataclasses
@@ -40,7 +40,7 @@ _TOPOLOGIES = flags.DEFINE_list("topologies", list(TOPOLOGIES), "Which to run: 1
 _REPEATS = flags.DEFINE_integer("repeats", None, "Timed runs per row, best kept (default: 1 with --quick, else 3).")
 _INTRA = flags.DEFINE_integer("intra_op_threads", 0, "Threads per op (TF_NUM_INTRAOP_THREADS; 0: trainer's choice).")
 _INTER = flags.DEFINE_integer("inter_op_threads", 0, "Ops run at once (TF_NUM_INTEROP_THREADS; 0: TensorFlow's).")
-_JOB = {field: flags.DEFINE_integer(field, None, f"Override the job's {field} (bench_runs.Job).")
+_JOB = {field: flags.DEFINE_integer(field, None, f"Override the job's {field} (benchmarks.runs.Job).")
         for field in ("width", "global_batch_size", "micro_batches", "critic_updates", "generator_updates",
                       "warmup_cycles", "timed_cycles")}
 _COMPARE_JIT = flags.DEFINE_bool("compare_jit", False, "Add a trainer row with PhaseLoop.jit_compile flipped.")
@@ -74,7 +74,7 @@ def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False) ->
 
 def _run(name: str, label: str, job, distribution) -> dict:
   """Runs one (row, variant) of `plan` in this process and returns its figures."""
-  from trainer import bench_runs  # pylint: disable=import-outside-toplevel  (the parent never imports TensorFlow)
+  from benchmarks import runs as bench_runs  # pylint: disable=import-outside-toplevel  (the parent never imports TensorFlow)
   from trainer.step import PhaseLoop  # pylint: disable=import-outside-toplevel
 
   jit = label.startswith("jit_compile=True")
@@ -110,7 +110,8 @@ def child(topology: str, quick: bool, runs: list[tuple[str, str]]) -> dict:
       os.environ[variable] = str(flag.value)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  from trainer import bench_runs, strategy  # pylint: disable=import-outside-toplevel
+  from benchmarks import runs as bench_runs  # pylint: disable=import-outside-toplevel
+  from trainer import strategy  # pylint: disable=import-outside-toplevel
 
   replicas, workers = TOPOLOGIES[topology]
   if workers > 1:
@@ -152,7 +153,7 @@ def _run_topology(topology: str, runs: list[tuple[str, str]], flags_: list[str])
     procs = []
     for i in range(workers):
       env = worker_env(cluster, i) if workers > 1 else dict(os.environ)
-      args = [sys.executable, "-m", "trainer.bench", f"--child={topology}",
+      args = [sys.executable, "-m", "benchmarks", f"--child={topology}",
               f"--child_runs={','.join(f'{name}:{label}' for name, label in runs)}",
               f"--child_result={os.path.join(tmp, f'{i}.json')}", *flags_]
       procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -240,8 +241,8 @@ def report(output: dict) -> str:
 def compare(output: dict, baseline: dict) -> str:
   """Each row of `output` beside the same (name, replicas, workers) row of `baseline`, an earlier run's JSON.
 
-  Absolute examples/s moves with the host (2.5x between days on this project's VM type); the ratio to trainer on
-  the same topology is the figure to compare across runs.
+  Absolute examples/s moves with the host the VM lands on; the ratio to trainer on the same topology is the figure
+  to compare across runs.
   """
   before = {(r["name"], r["replicas"], r["workers"]): r for r in baseline["rows"]}
   lines = [f"{_HEAD}{'before':>10}{'change':>8}{'vs trainer':>12}{'before':>8}"]
@@ -264,7 +265,7 @@ def _load_baseline(path: str) -> dict:
     if not isinstance(baseline, dict) or not isinstance(baseline.get("rows"), list):
       raise ValueError("it has no 'rows' list")
   except (OSError, ValueError) as e:
-    raise app.UsageError(f"--compare={path}: not a JSON file written by trainer.bench --output ({e})") from e
+    raise app.UsageError(f"--compare={path}: not a JSON file written by python -m benchmarks --output ({e})") from e
   return baseline
 
 
@@ -292,8 +293,8 @@ def main(argv: list[str]) -> None:
     if _QUICK.value:  # one process for all of a topology's runs: a smoke test, so set-up time matters more
       results = [_run_topology(topology, runs, flags_) for _ in range(repeats)]
     else:
-      # Every run in a fresh process, repeats taken in turn: a TensorFlow process slows down as it ages (up to
-      # 25% over 5 runs here, allocator state), which would favour whichever row runs first.
+      # Every run in a fresh process, repeats taken in turn: a TensorFlow process slows down as it ages (allocator
+      # state; measured in the README), which would favour whichever row runs first.
       results, failed = [], set()
       for _ in range(repeats):
         for run in runs:
@@ -312,6 +313,3 @@ def main(argv: list[str]) -> None:
     with open(_OUTPUT.value, "w", encoding="utf-8") as f:
       json.dump(output, f, indent=1)
 
-
-if __name__ == "__main__":
-  app.run(main)

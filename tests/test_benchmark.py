@@ -1,11 +1,12 @@
-"""trainer.bench: the summary and report, and `--quick` end to end in child processes (no timing assertions)."""
+"""benchmarks.bench: the summary and report, and `--quick` end to end in child processes (no timing assertions)."""
 
 import json
 
 import pytest
 
+from benchmarks import bench
+from benchmarks import runs as bench_runs
 from tests.processes import run
-from trainer import bench, bench_runs
 
 JOB = {"width": 8, "depth": 1, "global_batch_size": 8, "micro_batches": 2, "critic_updates": 2,
        "generator_updates": 1}
@@ -51,7 +52,7 @@ def test_a_row_reports_its_fastest_variant_and_lists_them_all():
 
 @pytest.mark.slow
 def test_quick_benchmark_prints_the_table_and_writes_the_json(tmp_path):
-  result = run("-m", "trainer.bench", "--quick", f"--output={tmp_path / 'bench.json'}", timeout=600)
+  result = run("-m", "benchmarks", "--quick", f"--output={tmp_path / 'bench.json'}", timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   with open(tmp_path / "bench.json", encoding="utf-8") as f:
     output = json.load(f)
@@ -112,8 +113,8 @@ def test_compare_puts_each_row_beside_the_same_row_of_an_earlier_run():
 
 def test_a_compare_file_that_is_not_a_benchmark_is_refused_before_running(tmp_path):
   (tmp_path / "x.json").write_text('{"a": 1}')
-  result = run("-m", "trainer.bench", f"--compare={tmp_path / 'x.json'}", timeout=120)
-  assert result.returncode != 0 and "not a JSON file written by trainer.bench --output (it has no 'rows' list)" in (
+  result = run("-m", "benchmarks", f"--compare={tmp_path / 'x.json'}", timeout=120)
+  assert result.returncode != 0 and "not a JSON file written by python -m benchmarks --output (it has no 'rows' list)" in (
       result.stdout + result.stderr)
 
 

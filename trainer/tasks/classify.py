@@ -1,11 +1,11 @@
 """Digit classification: the classifier's loss and test accuracy, and the fixed classifier that scores a GAN.
 
-The GAN score uses ONE shipped classifier (trainer/assets/digits_classifier.npz, trained by
+The GAN score uses ONE shipped classifier (trainer/tasks/assets/digits_classifier.npz, trained by
 configs/classifier_digits.gin) for every run, like FID's fixed Inception network: scores are comparable across
 runs only because the judge never changes. Regenerate it with
 
     python -m trainer.main --gin_file=configs/classifier_digits.gin --model_dir=runs/classifier_digits
-    cp runs/classifier_digits/classifier.npz trainer/assets/digits_classifier.npz
+    cp runs/classifier_digits/classifier.npz trainer/tasks/assets/digits_classifier.npz
 """
 
 import os
@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, datasets, images, models
+from trainer import data, datasets
+from trainer.tasks import images, models
 
 SCORER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_classifier.npz")
 
@@ -39,19 +40,25 @@ def _accuracy(model: keras.Model, x, labels) -> float:
 
 
 @gin.configurable
-def classifier_quality(models_: Mapping[str, keras.Model], model_dir: str, model: str = "classifier",
-                       split: str = "test", data_dir: str | None = None) -> dict:
-  """Accuracy on the digits test split; also saves the classifier as model_dir/classifier.npz (see module doc)."""
-  classifier = models_[model]
+def classifier_quality(models_: Mapping[str, keras.Model], model: str = "classifier", split: str = "test",
+                       data_dir: str | None = None) -> dict:
+  """Accuracy on the digits test split."""
   real = _real(split, data_dir)
+  return {"test_accuracy": _accuracy(models_[model], real["x"], real["label"])}
+
+
+@gin.configurable
+def save_scorer(models_: Mapping[str, keras.Model], model_dir: str, model: str = "classifier") -> str:
+  """Writes classifier `model` as model_dir/classifier.npz, the format `load_scorer` reads (see module doc)."""
+  classifier = models_[model]
   hidden = [layer.units for layer in classifier.layers[1:-1]]
-  np.savez(os.path.join(model_dir, "classifier.npz"), hidden=np.array(hidden),
-           **{f"w{i}": np.array(w) for i, w in enumerate(classifier.get_weights())})
-  return {"test_accuracy": _accuracy(classifier, real["x"], real["label"])}
+  path = os.path.join(model_dir, "classifier.npz")
+  np.savez(path, hidden=np.array(hidden), **{f"w{i}": np.array(w) for i, w in enumerate(classifier.get_weights())})
+  return path
 
 
 def load_scorer(path: str = SCORER) -> keras.Model:
-  """The classifier saved by `classifier_quality`, rebuilt as an mlp."""
+  """The classifier saved by `save_scorer`, rebuilt as an mlp."""
   saved = np.load(path)
   weights = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
   scorer = models.mlp(weights[0].shape[0], weights[-1].shape[0], tuple(int(h) for h in saved["hidden"]),
@@ -61,7 +68,7 @@ def load_scorer(path: str = SCORER) -> keras.Model:
 
 
 @gin.configurable
-def digits_gan_quality(models_: Mapping[str, keras.Model], model_dir: str, generator: str = "generator",
+def digits_gan_quality(models_: Mapping[str, keras.Model], generator: str = "generator",
                        per_class: int = 100, scorer_path: str = SCORER, min_share: float = 0.5,
                        data_dir: str | None = None, seed: int = 4321) -> dict:
   """Scores a conditional digits generator with the fixed classifier, on `per_class` samples of each digit.
@@ -73,7 +80,6 @@ def digits_gan_quality(models_: Mapping[str, keras.Model], model_dir: str, gener
   two samples of the same digit, relative to the same for real test images (1: as varied as the data; a generator
   that draws one image per digit scores 0 however well it is classified).
   """
-  del model_dir
   g = models_[generator]
   labels = np.repeat(np.arange(10), per_class)
   z = data.normal(tf.range(len(labels), dtype=tf.int64), (g.input_shape[-1] - 10,), seed)

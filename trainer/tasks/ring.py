@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, images
+from trainer import data
+from trainer.tasks import images
 
 
 def _centers(modes: int, radius: float) -> np.ndarray:
@@ -46,11 +47,10 @@ def quality(samples: np.ndarray, modes: int, radius: float, stddev: float, min_p
 
 
 @gin.configurable
-def ring_quality(models: Mapping[str, keras.Model], model_dir: str, generator: str = "generator",
+def ring_quality(models: Mapping[str, keras.Model], generator: str = "generator",
                  samples: int = 2500, modes: int = 8, radius: float = 2.0, stddev: float = 0.02,
                  min_per_mode: int = 20, seed: int = 12345) -> dict:
   """Generates `samples` points; returns their ring quality figures (see `quality`) and a scatter of them."""
-  del model_dir  # figures only
   g = models[generator]
   z = data.normal(tf.range(samples, dtype=tf.int64), (g.input_shape[-1],), seed)
   points = g(z, training=False).numpy()

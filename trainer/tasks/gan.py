@@ -8,15 +8,13 @@ that is appended to the generator's latent and to the critic's input, which make
 Osindero 2014).
 """
 
-import math
 from typing import Mapping
 
 import gin
 import keras
 import tensorflow as tf
 
-from trainer.errors import UserError
-from trainer.models import check_input
+from trainer.tasks.models import check_input, check_shape
 
 
 def _conditioned(x: tf.Tensor, batch: dict, condition: str | None) -> tf.Tensor:
@@ -28,10 +26,9 @@ def _generate(models: Mapping[str, keras.Model], generator: str, batch: dict, co
   """G(z [, condition]), checked against the shape of the real examples (shapes are static while tracing)."""
   g = models[generator]
   fake = g(check_input(g, generator, _conditioned(batch["z"], batch, condition)), training=training)
-  made, real = tuple(fake.shape[1:]), tuple(batch["x"].shape[1:])
-  if made != real:
-    raise UserError(f"generator '{generator}' makes samples of shape {made}, but the data's examples have shape "
-                    f"{real}; set {generator}/mlp.output_dim = {math.prod(real)}")
+  check_shape(fake.shape[1:], batch["x"].shape[1:],
+              f"generator '{generator}' makes samples of shape {{ours}}, but the data's examples have shape "
+              f"{{theirs}}; set {generator}/mlp.output_dim = {{size}}")
   return fake
 
 

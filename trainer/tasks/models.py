@@ -32,11 +32,18 @@ def mlp(
   return keras.Model(inputs, outputs, name=name)
 
 
+def check_shape(ours: Sequence[int], theirs: Sequence[int], message: str) -> None:
+  """Raises UserError(message) when a model's example shape `ours` is not the data's `theirs`; `message` may use
+  {ours}, {theirs} and {size} (the size that fits the data). Shapes are static while tracing, so this is one clear
+  line instead of Keras's traceback from inside the compiled step."""
+  ours, theirs = tuple(ours), tuple(theirs)
+  if ours != theirs:
+    raise UserError(message.format(ours=ours, theirs=theirs, size=math.prod(theirs)))
+
+
 def check_input(model: keras.Model, name: str, x: tf.Tensor) -> tf.Tensor:
-  """Returns x, or raises UserError naming both shapes when model `name` cannot take it (a clear line, not
-  Keras's traceback from inside the compiled step)."""
-  expected, given = tuple(model.input_shape[1:]), tuple(x.shape[1:])
-  if expected != given:
-    raise UserError(f"model '{name}' takes inputs of shape {expected}, but the data gives {given}; set the model's "
-                    f"input_dim to match the data (e.g. {name}/mlp.input_dim = {math.prod(given)})")
+  """Returns x, or raises UserError naming both shapes when model `name` cannot take it."""
+  check_shape(model.input_shape[1:], x.shape[1:],
+              f"model '{name}' takes inputs of shape {{ours}}, but the data gives {{theirs}}; set the model's "
+              f"input_dim to match the data (e.g. {name}/mlp.input_dim = {{size}})")
   return x

@@ -1,11 +1,12 @@
-"""trainer.bench_runs: each way of running the benchmark job, on a tiny job (figures only checked for sense)."""
+"""benchmarks.runs: each way of running the benchmark job, on a tiny job (figures only checked for sense)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks import runs as bench_runs
 from tests import toy
-from trainer import bench_runs, ring
+from trainer.tasks import ring
 
 # 1 x 8 MLPs, 2 micro-batches of 8: critic 2*8+8 + 8+1 = 33 weights, generator 2*8+8 + 8*2+2 = 42.
 TINY = bench_runs.Job(width=8, depth=1, global_batch_size=8, micro_batches=2, warmup_cycles=1, timed_cycles=2)

@@ -1,0 +1,64 @@
+"""The periodic work of a run besides checkpoints, as controller actions: progress lines, evaluation, export."""
+
+import time
+from typing import Callable, Mapping
+
+import keras
+import numpy as np
+
+from trainer.controller import Action
+from trainer.schedule import Schedule
+from trainer.telemetry import Telemetry
+
+EvaluateFn = Callable[[Mapping[str, keras.Model]], Mapping[str, float | np.ndarray]]
+"""Maps the models by name to named figures (numbers) and pictures (uint8 arrays [H, W, C]).
+
+Pictures go to TensorBoard and to model_dir/samples/<name>_<update>.png; numbers to the log, metrics.jsonl and
+TensorBoard."""
+
+ExportFn = Callable[[Mapping[str, keras.Model], str], None]
+"""Writes the trained models, given by name, for use outside trainer, into the run's directory (the 2nd argument)."""
+
+
+class Log(Action):
+  """Every `every` updates: the console line, a metrics.jsonl record and TensorBoard scalars (`Telemetry.flush`)."""
+
+  def __init__(self, telemetry: Telemetry, every: int, schedule: Schedule, train_steps: int, global_batch_size: int):
+    self.every = every
+    self.last: dict = {}
+    self._telemetry, self._schedule = telemetry, schedule
+    self._train_steps, self._global_batch_size = train_steps, global_batch_size
+
+  def __call__(self, update: int) -> None:
+    micro_batches_left = (self._schedule.micro_batches_before(self._train_steps)
+                          - self._schedule.micro_batches_before(update))
+    phase = self._schedule.position(update - 1).phase.model
+    self.last = self._telemetry.flush(update, phase, micro_batches_left * self._global_batch_size)
+
+
+class Evaluation(Action):
+  """Every `every` updates (0: at the end only), on the chief: `evaluate(models)`, reported by telemetry."""
+
+  chief_only = True
+
+  def __init__(self, evaluate: EvaluateFn, models: Mapping[str, keras.Model], telemetry: Telemetry, every: int):
+    self.every = every
+    self.last: dict = {}
+    self._evaluate, self._models, self._telemetry = evaluate, models, telemetry
+
+  def __call__(self, update: int) -> None:
+    start = time.perf_counter()
+    results = self._evaluate(self._models)
+    self.last = self._telemetry.evaluation(results, update, time.perf_counter() - start)
+
+
+class Export(Action):
+  """After the last update, on the chief: `export(models, model_dir)`."""
+
+  chief_only = True
+
+  def __init__(self, export: ExportFn, models: Mapping[str, keras.Model], model_dir: str):
+    self._export, self._models, self._model_dir = export, models, model_dir
+
+  def __call__(self, update: int) -> None:
+    self._export(self._models, self._model_dir)
