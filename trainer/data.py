@@ -89,10 +89,9 @@ def distributed_iterator(
 def _input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputOptions | None:
   """One input pipeline per replica for MirroredStrategy; on CPU replicas, without a MultiDeviceIterator.
 
-  By default tf.distribute feeds a worker's replicas from one pipeline through a MultiDeviceIterator, which made
-  the whole step 1.7x slower on CPU replicas here (trainer.bench, 1 replica: the same step on the same data fed
-  by plain per-replica iterators ran at 17.6k examples/s, through the MultiDeviceIterator at 10k). GPUs keep
-  the prefetch to device (fetch_to_device). MultiWorkerMirroredStrategy supports only TF's default.
+  By default tf.distribute feeds a worker's replicas from one pipeline through a MultiDeviceIterator, which slows
+  the whole step on CPU replicas (the README's Performance section has the ablation). GPUs keep the prefetch to
+  device (fetch_to_device). MultiWorkerMirroredStrategy supports only TF's default.
   """
   if not isinstance(strategy, tf.distribute.MirroredStrategy):
     return None
