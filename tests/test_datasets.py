@@ -94,3 +94,13 @@ def test_workers_starting_together_prepare_digits_once_into_one_data_dir(tmp_pat
   for worker in workers:
     out, err = worker.communicate(timeout=300)
     assert worker.returncode == 0 and out.split()[-1] == "1497", err[-2000:]  # unlocked, 2 of 3 failed to rename
+
+
+def test_each_epoch_read_through_tfds_examples_is_a_different_full_pass():
+  with tfds.testing.mock_data(num_examples=40):
+    read = datasets.tfds_examples(tf.range(80, dtype=tf.int64), name="mnist", split="train", download=True,
+                                  preprocess=lambda features, indices: {"image": features["image"]})
+  images = [bytes(image) for image in read["image"].numpy()]
+  first, second = images[:40], images[40:]
+  assert len(set(first)) == 40 and set(first) == set(second)  # each epoch reads every example once
+  assert first != second  # in another order: the epoch (index // N) reaches the shuffle

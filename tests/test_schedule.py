@@ -49,3 +49,12 @@ def test_default_micro_batches_apply_to_phases_without_their_own():
 def test_bad_schedules_say_what_to_change(cycle, message):
   with pytest.raises(UserError, match=message):
     Schedule(cycle=cycle)
+
+
+def test_a_warmup_that_is_not_a_multiple_of_the_cycle_shifts_it_by_its_length():
+  s = Schedule(warmup=[("a", 3)], cycle=[("a", 1), ("b", 1)])
+  assert [s.position(u).phase.model for u in range(9)] == ["a", "a", "a", "a", "b", "a", "b", "a", "b"]
+  assert [s.position(u).index for u in range(6)] == [0, 0, 0, 1, 2, 1]
+  assert [s.position(u).updates_left for u in range(4)] == [3, 2, 1, 1]
+  assert s.updates_per_model(9) == {"a": 6, "b": 3}
+  assert [s.micro_batches_before(u) for u in (0, 3, 4, 9)] == [0, 3, 4, 9]

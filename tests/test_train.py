@@ -44,6 +44,13 @@ def test_logged_loss_is_the_mean_over_the_global_window(tmp_path):
   batch = regression.regression_examples(tf.range(16, dtype=tf.int64))
   expected = float(tf.reduce_mean(tf.square(untrained(batch["x"]) - batch["y"])))
   np.testing.assert_allclose(run.last_log["a/loss"], expected, rtol=1e-5)
+  # ... and that is the value written to metrics.jsonl and to TensorBoard, not only the returned one
+  record = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
+  np.testing.assert_allclose(record["a/loss"], expected, rtol=1e-5)
+  events = tf.io.gfile.glob(str(tmp_path / "run" / "summaries" / "events.out.tfevents.*"))
+  scalars = {v.tag: float(tf.make_ndarray(v.tensor)) for e in tf.compat.v1.train.summary_iterator(events[0])
+             for v in e.summary.value}
+  np.testing.assert_allclose(scalars["a/loss"], expected, rtol=1e-5)
 
 
 def _nan_after(limit):
@@ -101,3 +108,49 @@ def test_unwritable_model_dir(tmp_path):
   (tmp_path / "file").write_text("x")
   with pytest.raises(UserError, match="is not writable"):
     toy.run(tmp_path / "file" / "run")
+
+
+def _finite_loss_nan_gradient_after(limit):
+  """MSE, plus sqrt(|u|) with u = 0 on examples >= `limit`: the loss stays finite there, its gradient is NaN
+  (d sqrt(u)/du = inf, times d|u|/du = 0 at u = 0). Elsewhere u = 1 and the added term is a constant."""
+  def examples(indices):
+    return {**regression.regression_examples(indices), "bad": tf.cast(indices >= limit, tf.float32)}
+
+  def loss(models, batch, model):
+    prediction = models[model](batch["x"], training=True)[:, 0]
+    u = tf.abs(prediction - tf.stop_gradient(prediction)) + (1.0 - batch["bad"])
+    return {"loss": tf.square(prediction - batch["y"][:, 0]) + tf.sqrt(u) - (1.0 - batch["bad"])}
+  return examples, loss
+
+
+def test_a_non_finite_gradient_of_a_finite_loss_stops_before_the_update(tmp_path):
+  examples, loss = _finite_loss_nan_gradient_after(96)  # with 16 per update, update 7 is the first bad one
+  with pytest.raises(TrainingFailed, match=r"non-finite .* at update 7 \(phase 'a': a/loss=\d.*ckpt-6") as error:
+    toy.run(tmp_path, cycle=[("a", 1)], train_steps=20, examples=examples, checkpoint_every=4,
+            losses={"a": loss, "b": regression.absolute_error})
+  assert error.value.exit_code == 3
+  reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
+  assert reader.get_tensor("update/.ATTRIBUTES/VARIABLE_VALUE") == 6
+  for name in reader.get_variable_to_shape_map():
+    if name.startswith(("model_a", "optimizer_a")):
+      assert np.all(np.isfinite(reader.get_tensor(name))), name
+
+
+def test_a_warmup_that_is_not_a_multiple_of_the_cycle_trains_and_resumes_inside_it(tmp_path):
+  kwargs = dict(warmup=[("a", 3)], cycle=[("a", 1), ("b", 1)], train_steps=9, steps_per_loop=8)
+  whole = toy.run(tmp_path / "whole", **kwargs)
+  assert [int(whole.optimizers[n].iterations.numpy()) for n in "ab"] == [6, 3]
+  # a a a | a b | a b | a b is also warm-up a x 4, then b : a; the same updates on the same data, bit for bit
+  same = toy.run(tmp_path / "same", **{**kwargs, "warmup": [("a", 4)], "cycle": [("b", 1), ("a", 1)]})
+  assert toy.max_diff(toy.weights(whole), toy.weights(same)) == 0
+  toy.run(tmp_path / "split", **{**kwargs, "train_steps": 2})  # stops inside the warm-up
+  resumed = toy.run(tmp_path / "split", **kwargs)
+  assert toy.max_diff(toy.weights(whole), toy.weights(resumed)) == 0
+
+
+def test_resume_at_two_replicas_with_k_micro_batches_continues_the_data_exactly(tmp_path):
+  kwargs = dict(replicas=2, cycle=[("a", 2, 3), ("b", 1, 2)], train_steps=8, checkpoint_every=4)
+  whole = toy.run(tmp_path / "whole", **kwargs)
+  toy.run(tmp_path / "split", **{**kwargs, "train_steps": 5})  # mid-phase: the next 'a' window starts at 13
+  resumed = toy.run(tmp_path / "split", **kwargs)
+  assert toy.max_diff(toy.weights(whole), toy.weights(resumed)) == 0
