@@ -74,7 +74,8 @@ def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False) ->
 
 def _run(name: str, label: str, job, distribution) -> dict:
   """Runs one (row, variant) of `plan` in this process and returns its figures."""
-  from benchmarks import runs as bench_runs  # pylint: disable=import-outside-toplevel  (the parent never imports TensorFlow)
+  # The parent never imports TensorFlow.
+  from benchmarks import runs as bench_runs  # pylint: disable=import-outside-toplevel
   from trainer.step import PhaseLoop  # pylint: disable=import-outside-toplevel
 
   jit = label.startswith("jit_compile=True")

@@ -1,7 +1,7 @@
 """The benchmark's job, and the four ways of training it that `python -m benchmarks` times side by side.
 
-The job: the non-saturating GAN of the ring config (trainer.tasks.gan, trainer.tasks.ring) with a generator and a critic of
-`depth` hidden layers of `width` units, critic 2 : generator 1, every update accumulating K micro-batches of G
+The job: the non-saturating GAN of the ring config (trainer.tasks.gan, trainer.tasks.ring) with a generator and a
+critic of `depth` hidden layers of `width` units, critic 2 : generator 1, every update accumulating K micro-batches of G
 examples (G summed over replicas). Each way runs `warmup_cycles` untimed cycles (tracing, first allocations) and
 then `timed_cycles` timed ones, and returns the same figures. In every row an "update" is K micro-batches, i.e.
 G * K examples, also for the naive loop, which applies an optimizer step per micro-batch.
@@ -131,8 +131,9 @@ def run_trainer(job: Job, strategy: tf.distribute.Strategy, jit_compile: bool | 
       gin.clear_config()
   seconds = timed * job.update_examples / run.last_log["examples_per_sec"]
   loops = {name: loop for (name, _), loop in run.loops.items()}
+  # float32 gradients and the loss's figures (grad_norm, the last figure, is computed after the all-reduce)
   packed = {name: 4 * (sum(v.shape.num_elements() for v in run.models[name].trainable_variables)
-                       + len(loop.figure_names)) for name, loop in loops.items()}  # float32 gradients and figures
+                       + len(loop.figure_names) - 1) for name, loop in loops.items()}
   cycle_examples = len(job.cycle) * job.update_examples
   return {**_figures(job, timed, seconds),
           "collectives_per_window": {name: loop.collectives_per_update() for name, loop in loops.items()},

@@ -92,3 +92,18 @@ def test_regularisation_losses_count_once_per_update_however_the_window_is_split
   plain = toy.run(tmp_path / "plain", cycle=[("a", 1, 1)], global_batch_size=32,
                   **{**kwargs, "models": {n: functools.partial(_regularised, n, 0) for n in "ab"}})
   assert toy.max_diff(toy.weights(plain), toy.weights(one_batch)) > 1e-4
+
+
+@pytest.mark.parametrize("kind", [keras.optimizers.SGD, keras.optimizers.Adam], ids=["sgd", "adam"])
+def test_clipping_applies_to_the_window_gradient_after_the_all_reduce(tmp_path, kind):
+  clipped = lambda: kind(0.05, global_clipnorm=0.3)
+  kwargs = dict(train_steps=5, log_every=1, optimizers={"a": clipped, "b": clipped})
+  one_batch = toy.run(tmp_path / "k1", cycle=[("a", 1, 1)], global_batch_size=32, **kwargs)
+  accumulated = toy.run(tmp_path / "k4", cycle=[("a", 1, 4)], global_batch_size=8, **kwargs)
+  two_replicas = toy.run(tmp_path / "r2", replicas=2, cycle=[("a", 1, 4)], global_batch_size=8, **kwargs)
+  assert one_batch.last_log["a/grad_norm"] > 0.3  # the threshold binds (the figure is the norm before clipping)
+  assert toy.max_diff(toy.weights(accumulated), toy.weights(one_batch)) <= 1e-6
+  assert toy.max_diff(toy.weights(two_replicas), toy.weights(one_batch)) <= 1e-6
+  unclipped = toy.run(tmp_path / "none", cycle=[("a", 1, 1)], global_batch_size=32,
+                      **{**kwargs, "optimizers": {"a": lambda: kind(0.05), "b": lambda: kind(0.05)}})
+  assert toy.max_diff(toy.weights(unclipped), toy.weights(one_batch)) > 1e-3

@@ -3,6 +3,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -154,3 +155,26 @@ def test_resume_at_two_replicas_with_k_micro_batches_continues_the_data_exactly(
   toy.run(tmp_path / "split", **{**kwargs, "train_steps": 5})  # mid-phase: the next 'a' window starts at 13
   resumed = toy.run(tmp_path / "split", **kwargs)
   assert toy.max_diff(toy.weights(whole), toy.weights(resumed)) == 0
+
+
+def test_evaluation_uses_the_moving_average_and_training_continues_from_the_raw_weights(tmp_path):
+  seen = []
+
+  def evaluate(models):
+    seen.append([np.array(v) for v in models["a"].trainable_variables])
+    return {"x": 0.0}
+
+  ema = lambda: keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.5)
+  kwargs = dict(cycle=[("a", 1)], train_steps=6, optimizers={"a": ema, "b": ema})
+  evaluated = toy.run(tmp_path / "evaluated", evaluate=evaluate, eval_every=3, **kwargs)
+  optimizer = evaluated.optimizers["a"]
+  averages = [np.array(v) for v in optimizer._model_variables_moving_average]  # pylint: disable=protected-access
+  for a, b in zip(seen[-1], averages):  # the last evaluation (update 6) saw the averages ...
+    np.testing.assert_array_equal(a, b)
+  assert toy.max_diff({"a": seen[-1]}, {"a": toy.weights(evaluated)["a"]}) > 1e-4  # ... not the raw weights
+  plain = toy.run(tmp_path / "plain", **kwargs)  # and the evaluations changed nothing in training
+  assert toy.max_diff(toy.weights(plain), toy.weights(evaluated)) == 0
+  toy.run(tmp_path / "split", **{**kwargs, "train_steps": 4})
+  resumed = toy.run(tmp_path / "split", **kwargs)  # the averages are in the checkpoint: resume is bit for bit
+  for a, b in zip(plain.optimizers["a"].variables, resumed.optimizers["a"].variables):
+    np.testing.assert_array_equal(np.array(a), np.array(b))

@@ -9,6 +9,7 @@ import numpy as np
 from trainer.controller import Action
 from trainer.schedule import Schedule
 from trainer.telemetry import Telemetry
+from trainer.update import averaged_weights
 
 EvaluateFn = Callable[[Mapping[str, keras.Model]], Mapping[str, float | np.ndarray]]
 """Maps the models by name to named figures (numbers) and pictures (uint8 arrays [H, W, C]).
@@ -37,18 +38,21 @@ class Log(Action):
 
 
 class Evaluation(Action):
-  """Every `every` updates (0: at the end only), on the chief: `evaluate(models)`, reported by telemetry."""
+  """Every `every` updates (0: at the end only), on the chief: `evaluate(models)`, reported by telemetry. A model
+  whose optimizer keeps a moving average (Keras's `use_ema`) is evaluated with the averaged weights."""
 
   chief_only = True
 
-  def __init__(self, evaluate: EvaluateFn, models: Mapping[str, keras.Model], telemetry: Telemetry, every: int):
+  def __init__(self, evaluate: EvaluateFn, models: Mapping[str, keras.Model],
+               optimizers: Mapping[str, keras.optimizers.Optimizer], telemetry: Telemetry, every: int):
     self.every = every
     self.last: dict = {}
-    self._evaluate, self._models, self._telemetry = evaluate, models, telemetry
+    self._evaluate, self._models, self._optimizers, self._telemetry = evaluate, models, optimizers, telemetry
 
   def __call__(self, update: int) -> None:
     start = time.perf_counter()
-    results = self._evaluate(self._models)
+    with averaged_weights(self._models, self._optimizers):
+      results = self._evaluate(self._models)
     self.last = self._telemetry.evaluation(results, update, time.perf_counter() - start)
 
 

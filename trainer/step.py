@@ -3,7 +3,9 @@
 For the active model, per update ("window"):
   1. every replica sums the gradients of its K micro-batches locally, with no communication;
   2. the window's gradients and its loss figures are summed over replicas in ONE packed all-reduce;
-  3. if everything is finite, the model's own optimizer applies them; otherwise the loop stops before the update.
+  3. every replica checks the reduced values are finite and applies them to its own copy of the model with the
+     model's own optimizer (trainer.update: clipping, weight decay, the update rule, EMA), in one XLA program;
+     a non-finite window is not applied and the loop stops before it.
 Other models may be called by the loss (a critic scoring generated samples) but are neither differentiated nor
 updated: their weights, optimizer slots and iteration counts stay bit-for-bit the same.
 """
@@ -14,6 +16,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from trainer import update
 from trainer.accumulate import accumulate_gradients
 from trainer.errors import UserError
 
@@ -26,17 +29,6 @@ The figure "loss" is the one differentiated; every figure is reported as its mea
 """
 
 
-def _check_optimizer(name: str, optimizer: keras.optimizers.Optimizer) -> None:
-  # Keras clips and accumulates *per replica, before* its own all-reduce; here the optimizer receives the
-  # already all-reduced window gradient, so these options would be silently wrong. Refuse them.
-  for option in ("clipnorm", "clipvalue", "global_clipnorm", "gradient_accumulation_steps"):
-    if getattr(optimizer, option, None):
-      raise UserError(
-          f"the optimizer of model '{name}' sets {option}: not supported here; accumulate with the schedule's "
-          "micro_batches instead of gradient_accumulation_steps, and remove gradient clipping"
-      )
-
-
 def all_reduce_sum(strategy: tf.distribute.Strategy, per_replica: Any) -> Any:
   """Sums a nest of per-replica values over all replicas in one batched (packed) all-reduce."""
   flat = tf.nest.flatten(per_replica)
@@ -44,13 +36,14 @@ def all_reduce_sum(strategy: tf.distribute.Strategy, per_replica: Any) -> Any:
   return tf.nest.pack_sequence_as(per_replica, reduced)
 
 
-@gin.configurable(allowlist=["jit_compile"])
+@gin.configurable(allowlist=["jit_compile", "replica_update"])
 class PhaseLoop:
   """A compiled loop of updates of model `name`, K = `micro_batches` micro-batches per update.
 
   Call it with a distributed iterator and a number of updates `n` (a tensor, so `n` never retraces). It returns
   (figures [m, F] with m <= n + 1, updates applied). The last row is that of a non-finite window that was not
-  applied, when the result is shorter than n + 1 rows and fewer than n updates were applied.
+  applied, when the result is shorter than n + 1 rows and fewer than n updates were applied. The figures are the
+  loss's, then "grad_norm": the global norm of the reduced window gradient, before clipping.
   """
 
   def __init__(
@@ -64,9 +57,14 @@ class PhaseLoop:
       global_batch_size: int,
       counters: Mapping[str, tf.Variable],
       jit_compile: bool = True,
+      replica_update: bool = True,
   ):
-    """`jit_compile` compiles each replica's window (the K forward and backward passes) with XLA."""
-    _check_optimizer(name, optimizer)
+    """`jit_compile` compiles each replica's window (the K forward and backward passes) and its update with XLA.
+    `replica_update` False applies the reduced gradient with Keras's `apply_gradients` in cross-replica context
+    instead (a broadcast from replica 0 on several devices, no clipping), for optimizers trainer.update cannot
+    take apart."""
+    (update.check if replica_update else update.check_keras_apply)(name, optimizer)
+    self._replica_update = replica_update
     self.name = name
     self.micro_batches = micro_batches
     self.figure_names: list[str] = []  # set when traced
@@ -78,12 +76,9 @@ class PhaseLoop:
     self.window_examples = global_batch_size * micro_batches
     self._counters = counters
     self._graph = None
-    self._window_fn = self._window
+    self._window_fn, self._update_fn = self._window, self._update
     if jit_compile:
-      compiled = tf.function(self._window, jit_compile=True)
-      # identity() places the results on the replica's device: a called function's outputs carry no device, and
-      # the all-reduce takes its destinations from them.
-      self._window_fn = lambda micro_batches: tf.nest.map_structure(tf.identity, compiled(micro_batches))
+      self._window_fn, self._update_fn = _placed(self._window), _placed(self._update)
     self.loop = tf.function(self._loop)
 
   def _objective(self, batch):
@@ -94,7 +89,7 @@ class PhaseLoop:
     # (GLOBAL_BATCH_SIZE * K). Gradients are then summed over the K micro-batches here and over the replicas by the
     # all-reduce, which yields exactly the gradient of the mean loss over the window's global batch.
     sums = {n: tf.reduce_sum(tf.cast(v, tf.float32)) / self.window_examples for n, v in figures.items()}
-    self.figure_names = sorted(sums)
+    self.figure_names = [*sorted(sums), "grad_norm"]
     value = sums["loss"]
     if self._model.losses:  # regularisation terms count once per update, however the window is split
       value += tf.add_n(self._model.losses) / (self._strategy.num_replicas_in_sync * self.micro_batches)
@@ -105,6 +100,18 @@ class PhaseLoop:
     # The tape watches the tf.Variables that Keras 3 variables wrap.
     variables = [v.value for v in self._model.trainable_variables]
     return accumulate_gradients(self._objective, variables, micro_batches)
+
+  def _update(self, grads, figures):
+    """Replica context: if the reduced window is finite, this replica applies it to its own copy of the model.
+    Returns (finite, the gradient's global norm before clipping)."""
+    norm = tf.linalg.global_norm(grads)
+    finite = tf.reduce_all([tf.math.is_finite(norm), *[tf.math.is_finite(f) for f in figures.values()]])
+    if self._replica_update:
+      def apply():
+        update.apply(self._optimizer, update.clip(self._optimizer, grads, norm), self._model.trainable_variables)
+        return tf.constant(True)
+      tf.cond(finite, apply, lambda: tf.constant(False))
+    return finite, norm
 
   def _loop(self, iterator, num_updates):
     self._graph = tf.compat.v1.get_default_graph()  # the FuncGraph being traced, for collectives_per_update
@@ -117,14 +124,17 @@ class PhaseLoop:
       grads, figures = self._strategy.run(self._window_fn, args=(micro_batches,))
       # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
       grads, figures = all_reduce_sum(self._strategy, (grads, figures))
+      # Every replica updates its own copy from its own reduced values; nothing is broadcast from replica 0.
+      finite, norm = self._strategy.run(self._update_fn, args=(grads, figures))
       local = lambda v: self._strategy.experimental_local_results(v)[0]
-      row = tf.stack([local(figures[n]) for n in self.figure_names])
-      rows = rows.write(i, row)
-      # All replicas hold the same reduced values, so they all take the same branch.
-      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in [row, *map(local, grads)]])
-      if not finite:
+      rows = rows.write(i, tf.stack([*[local(figures[n]) for n in self.figure_names[:-1]], local(norm)]))
+      # All replicas hold the same reduced values, so they all took the same branch.
+      if not local(finite):
         break
-      self._optimizer.apply_gradients(zip(grads, variables))
+      if self._replica_update:
+        self._optimizer.iterations.assign_add(1)
+      else:
+        self._optimizer.apply_gradients(zip(grads, variables))
       self._counters["update"].assign_add(1)
       self._counters["micro_batch"].assign_add(self.micro_batches)
       applied += 1
@@ -141,3 +151,10 @@ class PhaseLoop:
   def traces(self) -> int:
     """How many times the loop has been traced (1 after its first call, and it should stay 1)."""
     return self.loop.experimental_get_tracing_count()
+
+
+def _placed(fn: Callable) -> Callable:
+  """`fn` compiled with XLA, its results placed on the replica's device by identity(): a called function's outputs
+  carry no device, and the all-reduce and the loop take their devices from them."""
+  compiled = tf.function(fn, jit_compile=True)
+  return lambda *args: tf.nest.map_structure(tf.identity, compiled(*args))

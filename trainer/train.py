@@ -185,7 +185,7 @@ def train(
     make_loop = lambda phase: PhaseLoop(strategy, state.models, phase.model, state.optimizers[phase.model],
                                         losses[phase.model], phase.micro_batches, global_batch_size, state.counters)
     log = actions.Log(telemetry, log_every, schedule, train_steps, global_batch_size)
-    evaluation = actions.Evaluation(evaluate, state.models, telemetry, eval_every) if evaluate else None
+    evaluation = evaluate and actions.Evaluation(evaluate, state.models, state.optimizers, telemetry, eval_every)
     periodic = [log, evaluation, actions.Export(export, state.models, model_dir) if export else None]
     checkpointer = Checkpointer(functools.partial(checkpoints.save, manager), checkpoint_every, checkpoint_dir, start)
     controller = Controller(schedule=schedule, train_steps=train_steps, steps_per_loop=steps_per_loop, start=start,
