@@ -19,6 +19,7 @@ import tensorflow as tf
 from trainer import update
 from trainer.accumulate import accumulate_gradients
 from trainer.errors import UserError
+from trainer.precision import LossScale
 
 _ALL_REDUCE_OPS = frozenset({"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "NcclAllReduce"})
 
@@ -56,15 +57,20 @@ class PhaseLoop:
       micro_batches: int,
       global_batch_size: int,
       counters: Mapping[str, tf.Variable],
+      loss_scale: LossScale | None = None,
       jit_compile: bool = True,
       replica_update: bool = True,
   ):
     """`jit_compile` compiles each replica's window (the K forward and backward passes) and its update with XLA.
     `replica_update` False applies the reduced gradient with Keras's `apply_gradients` in cross-replica context
     instead (a broadcast from replica 0 on several devices, no clipping), for optimizers trainer.update cannot
-    take apart."""
+    take apart. `loss_scale` (float16 models) scales the loss and skips windows whose gradient overflows."""
     (update.check if replica_update else update.check_keras_apply)(name, optimizer)
+    if loss_scale is not None and not replica_update:
+      raise UserError(f"model '{name}' uses mixed_float16, whose loss scaling needs PhaseLoop.replica_update = True")
     self._replica_update = replica_update
+    self._loss_scale = loss_scale
+    self._tail = ["grad_norm", *(["loss_scale", "skipped"] if loss_scale is not None else [])]
     self.name = name
     self.micro_batches = micro_batches
     self.figure_names: list[str] = []  # set when traced
@@ -89,10 +95,13 @@ class PhaseLoop:
     # (GLOBAL_BATCH_SIZE * K). Gradients are then summed over the K micro-batches here and over the replicas by the
     # all-reduce, which yields exactly the gradient of the mean loss over the window's global batch.
     sums = {n: tf.reduce_sum(tf.cast(v, tf.float32)) / self.window_examples for n, v in figures.items()}
-    self.figure_names = [*sorted(sums), "grad_norm"]
+    self.figure_names = [*sorted(sums), *self._tail]
     value = sums["loss"]
     if self._model.losses:  # regularisation terms count once per update, however the window is split
-      value += tf.add_n(self._model.losses) / (self._strategy.num_replicas_in_sync * self.micro_batches)
+      value += tf.add_n([tf.cast(x, tf.float32) for x in self._model.losses]) / (
+          self._strategy.num_replicas_in_sync * self.micro_batches)
+    if self._loss_scale is not None:  # float16: the gradients are unscaled after the all-reduce
+      value *= self._loss_scale.scale
     return value, sums
 
   def _window(self, micro_batches):
@@ -102,16 +111,30 @@ class PhaseLoop:
     return accumulate_gradients(self._objective, variables, micro_batches)
 
   def _update(self, grads, figures):
-    """Replica context: if the reduced window is finite, this replica applies it to its own copy of the model.
-    Returns (finite, the gradient's global norm before clipping)."""
+    """Replica context: checks the reduced window and, if it is good, applies it to this replica's own copy.
+
+    Returns (status, figures after the loss's): status 0 applied, 1 skipped (a float16 gradient overflow: the
+    scale halves, nothing else changes), 2 stop before this window (a non-finite loss or gradient, or a loss scale
+    below 1); the figures are the gradient's global norm before clipping (NaN when skipped), and for float16 the
+    scale this window used and whether it was skipped.
+    """
+    scale = self._loss_scale.scale.read_value() if self._loss_scale is not None else None
+    if scale is not None:
+      grads = [g / scale for g in grads]
     norm = tf.linalg.global_norm(grads)
-    finite = tf.reduce_all([tf.math.is_finite(norm), *[tf.math.is_finite(f) for f in figures.values()]])
+    loss_finite = tf.reduce_all([tf.math.is_finite(f) for f in figures.values()])
+    finite = loss_finite & tf.math.is_finite(norm)
     if self._replica_update:
       def apply():
         update.apply(self._optimizer, update.clip(self._optimizer, grads, norm), self._model.trainable_variables)
         return tf.constant(True)
       tf.cond(finite, apply, lambda: tf.constant(False))
-    return finite, norm
+    if scale is None:
+      return tf.where(finite, 0, 2), tf.stack([norm])
+    skipped = loss_finite & ~finite
+    status = tf.where(finite, 0, tf.where(skipped & (scale >= 2.0), 1, 2))
+    tf.cond(status < 2, lambda: self._loss_scale.next(finite) or tf.constant(True), lambda: tf.constant(False))
+    return status, tf.stack([tf.where(skipped, float("nan"), norm), scale, tf.cast(skipped, tf.float32)])
 
   def _loop(self, iterator, num_updates):
     self._graph = tf.compat.v1.get_default_graph()  # the FuncGraph being traced, for collectives_per_update
@@ -125,16 +148,19 @@ class PhaseLoop:
       # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
       grads, figures = all_reduce_sum(self._strategy, (grads, figures))
       # Every replica updates its own copy from its own reduced values; nothing is broadcast from replica 0.
-      finite, norm = self._strategy.run(self._update_fn, args=(grads, figures))
+      status, tail = self._strategy.run(self._update_fn, args=(grads, figures))
       local = lambda v: self._strategy.experimental_local_results(v)[0]
-      rows = rows.write(i, tf.stack([*[local(figures[n]) for n in self.figure_names[:-1]], local(norm)]))
+      loss_figures = self.figure_names[:-len(self._tail)]
+      rows = rows.write(i, tf.concat([tf.stack([local(figures[n]) for n in loss_figures]), local(tail)], 0))
       # All replicas hold the same reduced values, so they all took the same branch.
-      if not local(finite):
+      status = local(status)
+      if status == 2:
         break
-      if self._replica_update:
-        self._optimizer.iterations.assign_add(1)
-      else:
-        self._optimizer.apply_gradients(zip(grads, variables))
+      if status == 0:  # a skipped window leaves the optimizer, its iterations and its LR schedule as they were
+        if self._replica_update:
+          self._optimizer.iterations.assign_add(1)
+        else:
+          self._optimizer.apply_gradients(zip(grads, variables))
       self._counters["update"].assign_add(1)
       self._counters["micro_batch"].assign_add(self.micro_batches)
       applied += 1

@@ -48,18 +48,19 @@ class Telemetry:
       self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "summaries"))
 
   def record(self, model: str, names: list[str], rows: np.ndarray, examples: int) -> None:
-    """Adds the figure rows [updates, len(names)] of `model` and the examples they consumed."""
+    """Adds the figure rows [updates, len(names)] of `model` and the examples they consumed. NaN marks a figure
+    an update does not have (a skipped float16 window's gradient norm): it is left out of that figure's mean."""
     for j, name in enumerate(names):
-      key = f"{model}/{name}"
-      self._sums[key] = self._sums.get(key, 0.0) + float(np.sum(rows[:, j]))
-      self._counts[key] = self._counts.get(key, 0) + rows.shape[0]
+      key, defined = f"{model}/{name}", ~np.isnan(rows[:, j])
+      self._sums[key] = self._sums.get(key, 0.0) + float(np.sum(rows[defined, j]))
+      self._counts[key] = self._counts.get(key, 0) + int(np.sum(defined))
     self._examples += examples
 
   def flush(self, update: int, phase: str, remaining_examples: int) -> dict:
     """Writes the interval ending at `update` and starts a new one. Returns the JSON object written."""
     now = time.perf_counter()
     elapsed = max(now - self._start, 1e-9)
-    figures = {k: self._sums[k] / self._counts[k] for k in self._sums}
+    figures = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
     self._last.update(figures)
     rate = self._examples / elapsed
     eta = remaining_examples / rate if rate > 0 else float("inf")

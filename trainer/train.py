@@ -19,6 +19,8 @@ from trainer.controller import Checkpointer, Controller
 from trainer.data import ExamplesFn, distributed_iterator
 from trainer.errors import UserError, check_count, did_you_mean
 from trainer.faults import Preemption, Watchdog
+from trainer.precision import LossScale, building
+from trainer.precision import policies as precision_policies
 from trainer.schedule import Schedule
 from trainer.step import LossFn, PhaseLoop
 from trainer.strategy import is_chief
@@ -26,12 +28,13 @@ from trainer.telemetry import Telemetry
 
 
 class State(NamedTuple):
-  """Everything a checkpoint holds: the models and their optimizers by name, and the update and micro-batch
-  counters that place the run in its schedule and its data."""
+  """Everything a checkpoint holds: the models and their optimizers by name, the update and micro-batch counters
+  that place the run in its schedule and its data, and the float16 models' loss scales."""
 
   models: dict[str, keras.Model]
   optimizers: dict[str, keras.optimizers.Optimizer]
   counters: dict[str, tf.Variable]
+  loss_scales: dict[str, LossScale]
 
 
 @dataclasses.dataclass
@@ -82,14 +85,18 @@ def _check_writable(model_dir: str) -> None:
 
 
 def build(strategy: tf.distribute.Strategy, factories: Mapping[str, Callable[[], keras.Model]],
-          optimizer_factories: Mapping[str, Callable[[], keras.optimizers.Optimizer]], seed: int) -> State:
-  """Creates every model and optimizer, every optimizer's slots, and the update and micro-batch counters, under
-  the strategy scope before any step (a checkpoint written before a model's first phase still holds its slots)."""
+          optimizer_factories: Mapping[str, Callable[[], keras.optimizers.Optimizer]], seed: int,
+          precision: str | Mapping[str, str] = "float32") -> State:
+  """Creates every model (in its dtype policy, trainer.precision) and optimizer, every optimizer's slots, the update
+  and micro-batch counters and the float16 models' loss scales, under the strategy scope before any step (a
+  checkpoint written before a model's first phase still holds its slots)."""
+  policy = precision_policies(precision, sorted(factories))
   with strategy.scope():
     keras.utils.set_random_seed(seed)
     models, optimizers = {}, {}
     for name, factory in sorted(factories.items()):
-      model = factory()
+      with building(policy[name]):
+        model = factory()
       if not isinstance(model, keras.Model) or not model.built or not model.trainable_variables:
         raise UserError(f"train.models['{name}'] must return a built keras.Model with trainable weights "
                         "(give it a keras.Input)")
@@ -101,7 +108,8 @@ def build(strategy: tf.distribute.Strategy, factories: Mapping[str, Callable[[],
         "update": tf.Variable(0, dtype=tf.int64, trainable=False, name="update"),
         "micro_batch": tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_batch"),
     }
-  return State(models, optimizers, counters)
+    loss_scales = {name: LossScale(name) for name in models if policy[name] == "mixed_float16"}
+  return State(models, optimizers, counters, loss_scales)
 
 
 
@@ -125,6 +133,7 @@ def train(
     evaluate: actions.EvaluateFn | None = None,
     eval_every: int = 0,
     export: actions.ExportFn | None = None,
+    precision: str | Mapping[str, str] = "float32",
     on_setup: Callable[[str], None] | None = None,
     stall_timeout: float = 0,
 ) -> Run:
@@ -151,6 +160,8 @@ def train(
       updates and at the end.
     eval_every: updates between evaluations; 0 evaluates only at the end.
     export: optional (models, model_dir) -> None, run by the chief after the last update.
+    precision: a Keras dtype policy for every model ('float32', 'mixed_bfloat16', 'mixed_float16'), or a dict from
+      model name to one (trainer.precision); float16 models get dynamic loss scaling.
     on_setup: called with model_dir once everything is built (trainer.main writes the operative config there).
     stall_timeout: seconds one compiled loop call may take before the process exits with code 4 (0: no limit);
       trainer.main's --stall_timeout. A stalled peer otherwise blocks the others' collectives forever.
@@ -163,7 +174,7 @@ def train(
   chief = is_chief(strategy)
   if chief:
     _check_writable(model_dir)
-  state = build(strategy, models, optimizers, seed)
+  state = build(strategy, models, optimizers, seed, precision)
   # Every worker must call save (the variables need all of them); only the chief's copy is kept.
   checkpoint_dir = os.path.join(model_dir, "checkpoints")
   save_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="trainer-worker-checkpoints-")
@@ -172,7 +183,9 @@ def train(
   telemetry = Telemetry(model_dir, train_steps, write_files=chief)
   watchdog, preemption = Watchdog(stall_timeout, on_exit=remove_scratch), Preemption(strategy)
   try:
-    manager = checkpoints.make_manager(save_dir, *state, keep_checkpoints)
+    scales = {f"loss_scale_{name}": scale for name, scale in state.loss_scales.items()}
+    manager = checkpoints.make_manager(save_dir, state.models, state.optimizers, {**state.counters, **scales},
+                                       keep_checkpoints)
     checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
     start = int(state.counters["update"].numpy())
     if start >= train_steps:
@@ -183,7 +196,8 @@ def train(
                  schedule, strategy.num_replicas_in_sync, global_batch_size, start, train_steps)
     iterator = distributed_iterator(strategy, examples, global_batch_size, int(state.counters["micro_batch"].numpy()))
     make_loop = lambda phase: PhaseLoop(strategy, state.models, phase.model, state.optimizers[phase.model],
-                                        losses[phase.model], phase.micro_batches, global_batch_size, state.counters)
+                                        losses[phase.model], phase.micro_batches, global_batch_size, state.counters,
+                                        state.loss_scales.get(phase.model))
     log = actions.Log(telemetry, log_every, schedule, train_steps, global_batch_size)
     evaluation = evaluate and actions.Evaluation(evaluate, state.models, state.optimizers, telemetry, eval_every)
     periodic = [log, evaluation, actions.Export(export, state.models, model_dir) if export else None]

@@ -25,7 +25,7 @@ SCORER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "dig
 @gin.configurable
 def cross_entropy(models_: Mapping[str, keras.Model], batch: dict, model: str) -> dict:
   """Per-example softmax cross-entropy of `model`'s logits for batch['label'], and its accuracy."""
-  logits = models_[model](models.check_input(models_[model], model, batch["x"]), training=True)
+  logits = tf.cast(models_[model](models.check_input(models_[model], model, batch["x"]), training=True), tf.float32)
   loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["label"], logits=logits)
   return {"loss": loss, "accuracy": tf.cast(tf.equal(tf.argmax(logits, 1, tf.int32), batch["label"]), tf.float32)}
 
@@ -83,7 +83,7 @@ def digits_gan_quality(models_: Mapping[str, keras.Model], generator: str = "gen
   g = models_[generator]
   labels = np.repeat(np.arange(10), per_class)
   z = data.normal(tf.range(len(labels), dtype=tf.int64), (g.input_shape[-1] - 10,), seed)
-  fake = g(tf.concat([z, tf.one_hot(labels, 10)], axis=1), training=False)
+  fake = tf.cast(g(tf.concat([z, tf.one_hot(labels, 10)], axis=1), training=False), tf.float32)
   scorer = load_scorer(scorer_path)
   probs = tf.nn.softmax(scorer(fake, training=False)).numpy()
   hits = np.argmax(probs, axis=1) == labels

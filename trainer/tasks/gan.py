@@ -25,7 +25,9 @@ def _generate(models: Mapping[str, keras.Model], generator: str, batch: dict, co
               training: bool) -> tf.Tensor:
   """G(z [, condition]), checked against the shape of the real examples (shapes are static while tracing)."""
   g = models[generator]
-  fake = g(check_input(g, generator, _conditioned(batch["z"], batch, condition)), training=training)
+  # float32 out of every model, whatever its dtype policy: losses are computed in float32 (trainer.precision)
+  fake = tf.cast(g(check_input(g, generator, _conditioned(batch["z"], batch, condition)), training=training),
+                 tf.float32)
   check_shape(fake.shape[1:], batch["x"].shape[1:],
               f"generator '{generator}' makes samples of shape {{ours}}, but the data's examples have shape "
               f"{{theirs}}; set {generator}/mlp.output_dim = {{size}}")
@@ -36,7 +38,7 @@ def _score(models: Mapping[str, keras.Model], critic: str, x: tf.Tensor, batch: 
            training: bool) -> tf.Tensor:
   """The critic's logit or score per example, D(x [, condition])."""
   d = models[critic]
-  return d(check_input(d, critic, _conditioned(x, batch, condition)), training=training)[:, 0]
+  return tf.cast(d(check_input(d, critic, _conditioned(x, batch, condition)), training=training)[:, 0], tf.float32)
 
 
 @gin.configurable
@@ -53,11 +55,12 @@ def wgan_gp_critic_loss(models: Mapping[str, keras.Model], batch: dict, model: s
   mixed = eps * real + (1.0 - eps) * fake
   with tf.GradientTape() as tape:
     tape.watch(mixed)
-    mixed_score = critic(mixed, training=True)
+    mixed_score = tf.cast(critic(mixed, training=True), tf.float32)
   slopes = tape.gradient(mixed_score, mixed)
   norm = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(slopes, [tf.shape(slopes)[0], -1])), axis=1) + 1e-12)
   gradient_penalty = tf.square(norm - 1.0)
-  wasserstein = critic(real, training=True)[:, 0] - critic(fake, training=True)[:, 0]
+  score = lambda x: _score(models, model, x, batch, None, training=True)
+  wasserstein = score(real) - score(fake)
   return {"loss": -wasserstein + penalty * gradient_penalty, "wasserstein": wasserstein,
           "gradient_penalty": gradient_penalty}
 

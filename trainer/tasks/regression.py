@@ -23,14 +23,14 @@ def regression_examples(indices: tf.Tensor, input_dim: int = 4, noise: float = 0
 @gin.configurable
 def squared_error(models: Mapping[str, keras.Model], batch: dict, model: str) -> dict:
   """Per-example mean squared error of `model`'s prediction of y."""
-  error = models[model](batch["x"], training=True) - batch["y"]
+  error = tf.cast(models[model](batch["x"], training=True), tf.float32) - batch["y"]
   return {"loss": tf.reduce_mean(tf.square(error), axis=1)}
 
 
 @gin.configurable
 def absolute_error(models: Mapping[str, keras.Model], batch: dict, model: str) -> dict:
   """Per-example mean absolute error of `model`'s prediction of y."""
-  error = models[model](batch["x"], training=True) - batch["y"]
+  error = tf.cast(models[model](batch["x"], training=True), tf.float32) - batch["y"]
   return {"loss": tf.reduce_mean(tf.abs(error), axis=1)}
 
 
@@ -41,7 +41,7 @@ def regression_quality(models: Mapping[str, keras.Model], examples: int = 4096, 
                               input_dim=next(iter(models.values())).input_shape[-1])
   figures = {}
   for name, model in models.items():
-    error = model(batch["x"], training=False) - batch["y"]
+    error = tf.cast(model(batch["x"], training=False), tf.float32) - batch["y"]
     figures[f"{name}/mse"] = float(tf.reduce_mean(tf.square(error)))
     figures[f"{name}/mae"] = float(tf.reduce_mean(tf.abs(error)))
   return figures

@@ -53,6 +53,6 @@ def ring_quality(models: Mapping[str, keras.Model], generator: str = "generator"
   """Generates `samples` points; returns their ring quality figures (see `quality`) and a scatter of them."""
   g = models[generator]
   z = data.normal(tf.range(samples, dtype=tf.int64), (g.input_shape[-1],), seed)
-  points = g(z, training=False).numpy()
+  points = tf.cast(g(z, training=False), tf.float32).numpy()
   return {**quality(points, modes, radius, stddev, min_per_mode),
           "samples": images.scatter(points, _centers(modes, radius), extent=1.5 * radius)}
