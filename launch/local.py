@@ -8,12 +8,22 @@ cannot rejoin its peers' collectives. Exit codes 2 and 3 (bad input, non-finite 
 would fail the same way. A worker that exits 42 was preempted (SIGTERM) after saving; that too restarts the job.
 SIGTERM to the launcher itself is passed on to every worker (they save and exit 42) and is not followed by a
 restart: the launcher exits with worker 0's code.
+
+The workers run in a network namespace of their own that has only loopback (--isolate_network, the default).
+TensorFlow's gRPC server listens on every interface whatever address TF_CONFIG gives (grpc_server_lib.cc binds
+"0.0.0.0:<port>"; ServerDef has a port but no host) and authenticates nobody, so on a shared network anyone who
+reaches the port could run ops in a worker. Root can make the namespace, and so can any user where unprivileged
+user namespaces are allowed; elsewhere the launcher warns and runs the workers on the host's network.
 """
 
+import ctypes
+import fcntl
 import json
+import math
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -21,10 +31,17 @@ import time
 
 from absl import app, flags
 
+from trainer.console import parse_flags
+from trainer.threads import intra_op_threads
+
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Worker processes to start.", lower_bound=1)
 _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 0, "Times to restart the whole job after a failure.",
                                      lower_bound=0)
 _GRACE = flags.DEFINE_float("grace_seconds", 10.0, "Time between SIGTERM and SIGKILL when stopping workers.")
+flags.register_validator("grace_seconds", lambda v: math.isfinite(v) and v >= 0, "must be a number of seconds >= 0")
+_ISOLATE = flags.DEFINE_bool("isolate_network", True, "Run the workers in a network namespace with only loopback, "
+                             "so that no other host reaches their unauthenticated gRPC ports. --noisolate_network "
+                             "for a job that needs the network (a gs:// model_dir, dataset downloads).")
 
 NOT_RETRIED = (2, 3)  # trainer.main's exit codes for bad input and for a non-finite loss
 
@@ -36,6 +53,34 @@ class Terminated(Exception):
 def _on_sigterm(signum, frame):
   del signum, frame
   raise Terminated()
+
+
+_CLONE_NEWNET, _CLONE_NEWUSER = 0x40000000, 0x10000000  # <sched.h>
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # <linux/sockios.h>, <net/if.h>
+
+
+def isolate_network() -> str | None:
+  """Moves this process into a new network namespace with only loopback (up), where the workers it starts run.
+
+  Returns None, or why not (then nothing changed). Without root, a user namespace of its own gives the process
+  the right to make the network namespace; it keeps its uid and gid there (one-line id maps), so files it and the
+  workers write are owned as before. Call before any thread starts (unshare refuses a threaded process).
+  """
+  libc = ctypes.CDLL(None, use_errno=True)
+  if not hasattr(libc, "unshare"):
+    return "network namespaces are Linux's"
+  uid, gid = os.getuid(), os.getgid()
+  if libc.unshare(_CLONE_NEWNET) != 0:
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+      return f"unshare: {os.strerror(ctypes.get_errno())} (it needs root or unprivileged user namespaces)"
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+      with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
+        f.write(text)
+  with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a new namespace's loopback starts down
+    request = struct.pack("16sH22x", b"lo", 0)  # struct ifreq: the name, then ifr_flags
+    current = struct.unpack("16sH22x", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]
+    fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", current | _IFF_UP))
+  return None
 
 
 def free_ports(n: int) -> list[int]:
@@ -54,9 +99,7 @@ def worker_env(cluster: list[str], index: int) -> dict[str, str]:
   """This process's environment plus TF_CONFIG for worker `index`, without proxies (gRPC honours them)."""
   env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
   env["TF_CONFIG"] = json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}})
-  # The workers share this host's cores: cores / workers threads per op (as trainer.strategy.split_cpu gives
-  # replicas); TF's default of every core per op oversubscribes it (up to 1.9x slower in trainer.bench).
-  env.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // len(cluster))))
+  env.setdefault("TF_NUM_INTRAOP_THREADS", str(intra_op_threads(len(cluster))))  # the workers share the cores
   return env
 
 
@@ -121,8 +164,14 @@ def run_once(num_workers: int, trainer_args: list[str], grace: float) -> int:
 def main(argv: list[str]) -> None:
   trainer_args = argv[1:]
   if not trainer_args:
-    raise app.UsageError("give the trainer.main flags after '--', e.g. -- --gin_file=configs/smoke.gin "
-                         "--model_dir=/tmp/run")
+    print("error: give the trainer.main flags after '--', e.g. -- --gin_file=configs/smoke.gin --model_dir=/tmp/run",
+          file=sys.stderr)
+    sys.exit(2)
+  problem = isolate_network() if _ISOLATE.value else None
+  if problem:
+    print(f"[launch] warning: the workers' gRPC ports listen on every interface of this host, unauthenticated "
+          f"(no network namespace of their own: {problem}); run this only on a trusted network "
+          "(--noisolate_network: do not try)", flush=True)
   signal.signal(signal.SIGTERM, _on_sigterm)
   for attempt in range(_MAX_RESTARTS.value + 1):
     try:
@@ -139,4 +188,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

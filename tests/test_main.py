@@ -52,12 +52,56 @@ def test_unset_required_value_is_named(tmp_path):
     run_in_process(f"--gin_file={config}", f"--model_dir={tmp_path / 'run'}")
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--cpu_replicas=0", r"flag --cpu_replicas=0: 0 is not a positive integer"),
+    ("--startup_timeout=-5", r"flag --startup_timeout=-5.0: must be a number of seconds > 0$"),
+    ("--startup_timeout=0", r"must be a number of seconds > 0$"),
+    ("--startup_timeout=inf", r"must be a number of seconds > 0$"),
+    ("--stall_timeout=-1", r"flag --stall_timeout=-1.0: must be a number of seconds > 0, or 0 for no limit"),
+    ("--stall_timeout=nan", r"must be a number of seconds > 0, or 0 for no limit"),
+])
+def test_numeric_flags_out_of_range_are_refused_when_parsed(tmp_path, flag, message):
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    run_in_process(f"--gin_file={SMOKE}", f"--model_dir={tmp_path}", flag)
+
+
+def test_a_zero_stall_timeout_means_no_limit_and_is_accepted(tmp_path):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["trainer.main", f"--model_dir={tmp_path}", "--stall_timeout=0"])
+  assert flags.FLAGS.stall_timeout == 0
+
+
 @pytest.mark.slow
 def test_user_errors_print_one_line_and_exit_2_without_traceback(tmp_path):
+  # One line in all: TensorFlow's start-up chatter (oneDNN, no CUDA driver, "E0000 ... failed call to cuInit" on
+  # a machine without a GPU) is not shown either.
   result = run_cli(f"--gin_file={SMOKE}", f"--model_dir={tmp_path}", "--gin_bindings=trian.x=1")
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("error: bad gin config: no configurable named 'trian'")
-  assert "Traceback" not in result.stderr
+  assert "cuInit" not in result.stderr and "Traceback" not in result.stderr
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith("error: bad gin config: no configurable named 'trian'")
+
+
+@pytest.mark.slow
+def test_a_bad_flag_is_one_line_and_exit_2(tmp_path):
+  result = run_cli(f"--gin_file={SMOKE}", f"--model_dir={tmp_path}", "--startup_timeout=-5")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      "error: flag --startup_timeout=-5.0: must be a number of seconds > 0 (--helpshort lists the flags)"]
+
+
+@pytest.mark.slow
+def test_an_error_raised_while_a_step_is_traced_is_one_line_and_verbosity_1_adds_the_traceback(tmp_path):
+  # Raised inside strategy.run, where TensorFlow's coordinator used to log the traceback (twice) before main saw it.
+  args = [f"--gin_file={SMOKE}", "--gin_bindings=generator/mlp.input_dim=7"]
+  result = run_cli(*args, f"--model_dir={tmp_path / 'quiet'}")
+  assert result.returncode == 2, result.stderr[-3000:]
+  expected = ("error: model 'generator' takes inputs of shape (7,), but the data gives (2,); set the model's "
+              "input_dim to match the data (e.g. generator/mlp.input_dim = 2)")
+  assert [l for l in result.stderr.splitlines() if not l.startswith("I")] == [expected], result.stderr[-3000:]
+  verbose = run_cli(*args, f"--model_dir={tmp_path / 'verbose'}", "--verbosity=1")
+  assert verbose.returncode == 2 and verbose.stderr.strip().splitlines()[-1] == expected
+  assert verbose.stderr.count("Traceback (most recent call last)") >= 1
 
 
 @pytest.mark.slow

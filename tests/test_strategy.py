@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
+from tensorflow.python.distribute.collective_all_reduce_strategy import CollectiveAllReduceExtended
 
 from launch.local import free_ports
 from tests.processes import REPO, checkpoint_state
@@ -32,6 +34,18 @@ def test_a_slurm_step_of_several_tasks_is_a_cluster(monkeypatch):
   addresses, index = task_addresses(cluster_resolver())
   assert addresses == ["node07:9000", "node07:9001", "node08:9000", "node08:9001"]
   assert index == 3
+
+
+def test_a_slurm_task_mirrors_over_the_devices_of_its_node(monkeypatch):
+  """MultiWorkerMirroredStrategy takes a task's devices from the resolver's GPU count, and TF's Slurm resolver gave
+  gpus_per_task whatever the node had: on a CPU-only node every task claimed GPU:0."""
+  _environ(monkeypatch, {**SLURM_STEP, "SLURM_PROCID": "1"})
+  gpus = len(tf.config.list_physical_devices("GPU"))
+  expected = ([f"/job:worker/task:1/device:GPU:{i}" for i in range(gpus)], "GPU") if gpus else (
+      ["/job:worker/task:1/device:CPU:0"], "CPU")
+  # What MWMS itself calls to list them (it needs no self); building the strategy would start a server.
+  devices, kind = CollectiveAllReduceExtended._initialize_local_devices(None, cluster_resolver(), "/job:worker/task:1")
+  assert (list(devices), kind) == expected
 
 
 def test_tf_config_wins_over_slurm_and_one_task_is_no_cluster(monkeypatch):

@@ -4,6 +4,7 @@ The counters are the global update (which fixes the schedule position) and the g
 the data position; see trainer.data), so a restored run continues exactly where the saved one stopped.
 """
 
+import errno
 import os
 from typing import Mapping
 
@@ -12,6 +13,13 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.errors import UserError
+
+# TensorFlow reports ENOSPC and EDQUOT as ResourceExhaustedError with the C library's text; so does an
+# out-of-memory, which is a different fault, hence the match on the text.
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXTS = tuple(os.strerror(n) for n in _DISK_FULL_ERRNOS)
+# trainer.train gives a non-chief worker a scratch directory of this name (its copy is thrown away).
+SCRATCH_PREFIX = "trainer-worker-checkpoints-"
 
 
 def make_manager(
@@ -59,5 +67,52 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
 
 
 def save(manager: tf.train.CheckpointManager, checkpoint_number: int, check_interval: bool = True) -> str | None:
-  """Saves a checkpoint numbered `checkpoint_number`; returns its path (None when the manager skipped it)."""
-  return manager.save(checkpoint_number=checkpoint_number, check_interval=check_interval)
+  """Saves a checkpoint numbered `checkpoint_number`; returns its path (None when the manager skipped it).
+
+  A full disk (or quota) is bad input, not a bug: a restart would fail the same way. It raises UserError (exit 2)
+  naming the directory, after removing what TensorFlow's failed write leaves (`ckpt-N_temp/`, an unrecorded
+  `ckpt-N.*`, a half-written index file), which would otherwise hold on to the little space left. The `checkpoint`
+  index is written last, so it still names the previous checkpoint: that one stays the latest.
+  """
+  try:
+    return manager.save(checkpoint_number=checkpoint_number, check_interval=check_interval)
+  except (tf.errors.ResourceExhaustedError, OSError) as e:
+    if not _is_disk_full(e):
+      raise
+    _remove_unfinished(manager.directory, f"ckpt-{checkpoint_number}")
+    raise UserError(_disk_full_message(manager.directory, checkpoint_number)) from e
+
+
+def _is_disk_full(error: Exception) -> bool:
+  if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+    return True
+  return any(text in str(error) for text in _DISK_FULL_TEXTS)
+
+
+def _remove_unfinished(directory: str, name: str) -> None:
+  """Deletes the debris of a failed save of checkpoint `name`, keeping it if the index already records it."""
+  state = tf.train.get_checkpoint_state(directory)
+  recorded = state is not None and name in {os.path.basename(p) for p in state.all_model_checkpoint_paths}
+  prefix = os.path.join(directory, name)
+  debris = [f"{prefix}_temp"] + tf.io.gfile.glob(os.path.join(directory, "checkpoint.tmp*"))
+  if not recorded:
+    debris += tf.io.gfile.glob(f"{prefix}.index") + tf.io.gfile.glob(f"{prefix}.data-*")
+  for path in debris:
+    try:
+      if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+      elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+    except tf.errors.OpError as e:  # the user is told about the full disk either way
+      logging.warning("could not remove %s: %s", path, e)
+
+
+def _disk_full_message(directory: str, number: int) -> str:
+  if os.path.basename(directory).startswith(SCRATCH_PREFIX):
+    return (f"disk full while saving checkpoint ckpt-{number} to {directory} (this worker's scratch copy, under "
+            "TMPDIR): free space there or set TMPDIR to a larger disk, then rerun; it resumes from the latest "
+            "checkpoint in --model_dir")
+  latest = tf.train.latest_checkpoint(directory)
+  resume = f"resumes from {os.path.basename(latest)}" if latest else "starts from the beginning (nothing was saved)"
+  return (f"disk full while saving checkpoint ckpt-{number} to {directory}: free space there or choose another "
+          f"--model_dir, then rerun; it {resume}")

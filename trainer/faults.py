@@ -1,6 +1,6 @@
 """What a job does when its cluster misbehaves: a peer that never comes, a peer that stalls, a preemption notice.
 
-Measured on TF 2.21 with loopback workers: MultiWorkerMirroredStrategy waits forever at start-up for a missing
+Seen on TF 2.21 with loopback workers: MultiWorkerMirroredStrategy waits forever at start-up for a missing
 peer (holding the GIL, so no Python thread can intervene), a stopped (SIGSTOP) peer blocks the others' collectives
 forever, and MWMS swallows SIGTERM. Each gets an answer here:
   * `wait_for_peers`: a plain-socket rendezvous BEFORE the strategy exists, with a deadline and an error that names
@@ -10,7 +10,8 @@ forever, and MWMS swallows SIGTERM. Each gets an answer here:
   * `Preemption`: SIGTERM or SIGUSR1 sets a flag; at the next loop boundary all workers agree (a one-scalar
     all-reduce, once per loop, not per window), save a checkpoint and exit with EXIT_PREEMPTED.
 CollectiveCommunication's own `timeout_seconds` is not used for stalls: it starts a thread per collective that
-lives for the whole timeout (TF's docstring), i.e. tens of thousands of threads at our update rates.
+lives for the whole timeout (TF's docstring), so at hundreds of updates per second as many threads as updates in
+the timeout.
 """
 
 import contextlib
@@ -180,8 +181,7 @@ class Preemption:
     self._signalled.set()
 
   def requested(self) -> bool:
-    """Whether any worker received SIGTERM or SIGUSR1. A collective call in multi-worker mode: call it on every
-    worker."""
+    """Whether any worker got SIGTERM or SIGUSR1. A collective call in multi-worker mode: call it on every worker."""
     flag = 1.0 if self._signalled.is_set() else 0.0
     if self._agree is None:
       return flag > 0

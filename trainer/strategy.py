@@ -6,12 +6,15 @@ Kubeflow TFJob, launch.local), else the variables `srun` sets for a Slurm job st
 
 import json
 import os
+import socket
 
 import tensorflow as tf
+from absl import logging
 from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import expand_tasks_per_node
 
 from trainer.errors import UserError
 from trainer.faults import wait_for_peers
+from trainer.threads import intra_op_threads
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 
@@ -37,11 +40,25 @@ def cluster_tasks(tf_config: str | None) -> int:
   return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
 
 
+class _SlurmStep(tf.distribute.cluster_resolver.SlurmClusterResolver):
+  """TF's SlurmClusterResolver, except that a task's devices are the GPUs it sees, none on a CPU-only node.
+
+  TF's resolver reports `gpus_per_task` GPUs whatever the node has, and MultiWorkerMirroredStrategy takes that as
+  the task's replica devices: on a CPU-only node each task claimed `GPU:0`. Slurm already restricts every task to
+  its own GPUs (CUDA_VISIBLE_DEVICES), so the visible ones are the right count.
+  """
+
+  def num_accelerators(self, task_type=None, task_id=None, config_proto=None) -> dict[str, int]:
+    del task_type, task_id, config_proto
+    return {"GPU": len(tf.config.list_physical_devices("GPU"))}
+
+
 def cluster_resolver() -> tf.distribute.cluster_resolver.ClusterResolver | None:
   """The cluster of this process: TF_CONFIG if set (validated), else a Slurm step of several tasks, else None.
 
   For Slurm, each task listens on $TRAINER_SLURM_PORT_BASE (default 8888) plus its rank on the node, and GPUs are
-  left as Slurm bound them (--gpus-per-task or one task per node); the resolver is not asked to assign them.
+  left as Slurm bound them (--gpus-per-task or one task per node); the resolver is not asked to assign them, and
+  each task mirrors over the GPUs it sees, or its CPU.
   """
   if os.environ.get("TF_CONFIG"):
     cluster_tasks(os.environ["TF_CONFIG"])
@@ -49,9 +66,8 @@ def cluster_resolver() -> tf.distribute.cluster_resolver.ClusterResolver | None:
   if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
     most = max(expand_tasks_per_node(os.environ["SLURM_STEP_TASKS_PER_NODE"]))
     # gpus_per_node/gpus_per_task only shape the port layout here (one port per task on a node).
-    return tf.distribute.cluster_resolver.SlurmClusterResolver(
-        port_base=int(os.environ.get("TRAINER_SLURM_PORT_BASE", "8888")), gpus_per_node=most, gpus_per_task=1,
-        auto_set_gpu=False)
+    return _SlurmStep(port_base=int(os.environ.get("TRAINER_SLURM_PORT_BASE", "8888")), gpus_per_node=most,
+                      gpus_per_task=1, auto_set_gpu=False)
   return None
 
 
@@ -61,6 +77,20 @@ def task_addresses(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> 
   tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(jobs.get(kind, [])))]
   addresses = [jobs[kind][i] for kind, i in tasks]
   return addresses, tasks.index((resolver.task_type, resolver.task_id))
+
+
+def warn_if_exposed(address: str) -> None:
+  """Warns when this task's address is on loopback but the host has other interfaces.
+
+  TensorFlow's gRPC server listens on every interface whatever the address (it binds 0.0.0.0 and cannot be told
+  otherwise) and authenticates nobody. launch.local runs its workers where loopback is the only interface.
+  """
+  host = address.rsplit(":", 1)[0].strip("[]")
+  others = [name for _, name in socket.if_nameindex() if not name.startswith("lo")]
+  if (host == "localhost" or host == "::1" or host.startswith("127.")) and others:
+    logging.warning("TF_CONFIG puts this task on %s, but TensorFlow listens on every interface (also %s), "
+                    "unauthenticated: on a shared network start local workers with launch.local (WORKSPACE.md, "
+                    "Security)", address, ", ".join(others))
 
 
 def split_cpu(replicas: int) -> None:
@@ -75,10 +105,8 @@ def split_cpu(replicas: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
   except RuntimeError as e:  # the runtime already started with fewer devices
     raise UserError(f"cannot split the CPU into {replicas} devices after TensorFlow started: {e}") from e
-  # The replicas run their ops at the same time, so each op gets cores / replicas threads (TF's default, every
-  # core per op, oversubscribes the CPU: 1.3-2.5x slower at 2 replicas in trainer.bench). The variable overrides.
-  if not os.environ.get("TF_NUM_INTRAOP_THREADS"):
-    tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // replicas))
+  if not os.environ.get("TF_NUM_INTRAOP_THREADS"):  # the replicas share the cores
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads(replicas))
 
 
 def make_strategy(name: str = "auto", cpu_replicas: int = 1, startup_timeout: float = 300.0) -> tf.distribute.Strategy:
@@ -102,6 +130,7 @@ def make_strategy(name: str = "auto", cpu_replicas: int = 1, startup_timeout: fl
   if name == "multi_worker" or (name == "auto" and len(addresses) > 1):
     if cpu_replicas > 1:
       raise UserError("--cpu_replicas applies to one host; with several workers each worker is one CPU replica")
+    warn_if_exposed(addresses[index])
     wait_for_peers(addresses, index, startup_timeout)
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
   split_cpu(cpu_replicas)

@@ -177,7 +177,7 @@ def train(
   state = build(strategy, models, optimizers, seed, precision)
   # Every worker must call save (the variables need all of them); only the chief's copy is kept.
   checkpoint_dir = os.path.join(model_dir, "checkpoints")
-  save_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="trainer-worker-checkpoints-")
+  save_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix=checkpoints.SCRATCH_PREFIX)
   # A non-chief's scratch copy goes when train returns, and also when the watchdog ends the process (os._exit).
   remove_scratch = None if chief else functools.partial(shutil.rmtree, save_dir, ignore_errors=True)
   telemetry = Telemetry(model_dir, train_steps, write_files=chief)

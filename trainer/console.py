@@ -1,0 +1,98 @@
+"""What a run prints besides trainer's own lines: TensorFlow's start-up chatter, its copies of tracebacks, flag errors.
+
+A user should see the progress lines and, on bad input, one `error:` line and exit code 2 (README, "Bad input");
+`--verbosity=1` adds the traceback. TensorFlow adds lines that read like faults and are not: every start on a
+machine without a GPU driver ends its C++ start-up chatter with `E0000 ... failed call to cuInit`, and a step that
+fails while traced inside `strategy.run` has its whole traceback logged by TensorFlow's coordinator thread before
+trainer.main sees the exception. This module hides exactly those, and makes absl's flag errors one line too.
+No TensorFlow import at module level: launch.local uses `parse_flags` without starting TensorFlow.
+"""
+
+import contextlib
+import glob
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+from typing import Iterator
+
+from absl import flags
+from absl import logging as absl_logging
+
+# TensorFlow's C++ prints these on every start, before TF_CPP_MIN_LOG_LEVEL applies; none asks anything of the user.
+_CHATTER = (r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$|"
+            r"\] oneDNN custom operations are on\.")
+# Without a GPU driver TensorFlow says so, then logs the failure of cuInit as an error. Both are dropped only when
+# the machine has no NVIDIA device either: with one, they are the clue to a broken driver install.
+_NO_GPU = r"\] Could not find cuda drivers on your machine|\] failed call to cuInit: "
+# What TensorFlow logs about an exception that trainer.main then prints as one line (or with --verbosity=1, whole).
+_REPEATS = ("Error reported to Coordinator: ",  # tensorflow/python/training/coordinator.py, with the traceback
+            # gin re-raises through a helper AutoGraph cannot convert; it runs as-is, and only while raising.
+            "AutoGraph could not transform <function augment_exception_message_and_reraise ")
+
+
+def _gpu_hardware() -> bool:
+  return os.path.exists("/proc/driver/nvidia") or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _dropped() -> re.Pattern:
+  """The start-up lines not to show; none with TF_CPP_MIN_LOG_LEVEL=0 (the user asked for every C++ line)."""
+  if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+    return re.compile(r"(?!)")  # matches nothing
+  return re.compile(_CHATTER if _gpu_hardware() else f"{_CHATTER}|{_NO_GPU}")
+
+
+@contextlib.contextmanager
+def _stderr_filtered(drop: re.Pattern) -> Iterator[None]:
+  """Sends file descriptor 2 (where C++ logs go) to a file, then prints what it got except lines matching `drop`.
+
+  A file, not a pipe: nothing has to read while TensorFlow writes, so a long message cannot block the import.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = [l for l in captured.read().decode(errors="replace").splitlines(True) if not drop.search(l)]
+      sys.stderr.write("".join(kept))
+      sys.stderr.flush()
+
+
+class _DropRepeats(logging.Filter):
+  """Drops TensorFlow's log records of an exception trainer.main reports itself, unless --verbosity >= 1."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return absl_logging.get_verbosity() >= 1 or not record.getMessage().startswith(_REPEATS)
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow and lets it find its devices (cuInit runs then, not at import) without the chatter above,
+  and from then on drops TensorFlow's log records of exceptions trainer.main reports itself."""
+  # Before TensorFlow's import, which otherwise adds a stderr handler of its own beside absl's: every line twice.
+  absl_logging.use_absl_handler()
+  with _stderr_filtered(_dropped()):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.config.list_physical_devices()
+  tf.get_logger().addFilter(_DropRepeats())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (for app.run), with a bad flag reported as bad input: one `error:` line, exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {str(e).strip().splitlines()[0]} (--helpshort lists the flags)", file=sys.stderr)
+    sys.exit(2)
+
+
+def positive_seconds(value: float) -> bool:
+  """For flags.register_validator: a finite number of seconds > 0 (NaN and inf are not)."""
+  return math.isfinite(value) and value > 0
