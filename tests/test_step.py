@@ -70,6 +70,25 @@ def test_each_phase_traces_once(tmp_path):
 def test_one_packed_all_reduce_per_update_carries_gradients_and_figures(tmp_path):
   run = toy.run(tmp_path, replicas=2, cycle=[("a", 2, 3), ("b", 1)], train_steps=3)
   assert {key: loop.collectives_per_update() for key, loop in run.loops.items()} == {("a", 3): 1, ("b", 1): 1}
+  # ... and each replica's update reads the all-reduce result on its own device: no copy from replica 0
+  for loop in run.loops.values():
+    graph = loop._graph.as_graph_def()  # pylint: disable=protected-access  (the traced loop)
+    body = next(f for f in graph.library.function if any("_update" in n.attr["f"].func.name for n in f.node_def))
+    nodes = {n.name: n for n in body.node_def}
+    updates = [n for n in body.node_def if "_update" in n.attr["f"].func.name]
+    assert sorted(n.device[-5:] for n in updates) == ["CPU:0", "CPU:1"]
+    for call in updates:
+      reached, todo = set(), [i.split(":")[0].lstrip("^") for i in call.input]
+      while todo:  # walk back from the update's inputs to the collectives they come from
+        node = nodes.get(todo.pop())
+        if node is None or node.name in reached:
+          continue
+        reached.add(node.name)
+        if node.op.startswith("CollectiveReduce"):
+          assert node.device == call.device, (call.name, node.name, node.device)
+          continue
+        todo += [i.split(":")[0].lstrip("^") for i in node.input]
+      assert any(nodes[n].op.startswith("CollectiveReduce") for n in reached)
 
 
 def _regularised(name, l2=0.05):
