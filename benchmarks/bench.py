@@ -65,6 +65,8 @@ def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False) ->
     # must feed a value for placeholder tensor", keras-team/keras#19246), and so does jit_compile=True.
     runs += [("keras_fit", f"jit_compile={jit}") for jit in (jits if replicas == 1 else [False])]
   runs.append(("naive", ""))
+  if workers > 1:
+    runs.append(("mwms_bound", ""))
   if replicas == 1:
     runs += [("compute_bound", f"jit_compile={jit}") for jit in jits]
     if not quick:  # trainer's own way: the K micro-batches in a tf.while_loop, compiled with XLA
@@ -88,6 +90,8 @@ def _run(name: str, label: str, job, distribution) -> dict:
     return bench_runs.run_keras_fit(job, distribution, jit, None if distribution.num_replicas_in_sync == 1 else 1)
   if name == "naive":
     return bench_runs.run_naive(job, distribution)
+  if name == "mwms_bound":
+    return bench_runs.run_mwms_bound(job, distribution)
   return bench_runs.run_compute_bound(job, jit, label.endswith("/while_loop"))
 
 

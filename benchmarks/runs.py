@@ -11,6 +11,8 @@ G * K examples, also for the naive loop, which applies an optimizer step per mic
   naive          a Python loop calling a compiled step per micro-batch; Keras all-reduces and applies every time
   compute_bound  the same forward and backward passes and optimizer updates in one tf.function on one device, on
                  in-memory data: no strategy, no accumulation variables, no collectives, no input pipeline
+  mwms_bound     trainer's own compiled program (PhaseLoop: XLA window, one all-reduce, XLA update) on the
+                 workers, fed micro-batches held in memory: the limit of the multi-worker trainer row
 """
 
 import dataclasses
@@ -27,6 +29,7 @@ from trainer import data, train
 from trainer.tasks import gan, models, ring
 from trainer.accumulate import accumulate_gradients
 from trainer.schedule import Schedule
+from trainer.step import PhaseLoop
 
 LOSSES = {"critic": gan.ns_critic_loss, "generator": gan.ns_generator_loss}
 LATENT_DIM = 2  # ring.ring_examples' default latent size
@@ -71,8 +74,8 @@ def _adam(job: Job) -> keras.optimizers.Optimizer:
 
 def _build(job: Job, strategy: tf.distribute.Strategy):
   """The two models and their optimizers (slots built), under `strategy`, exactly as trainer.train builds them."""
-  nets, optimizers, _ = train.build(strategy, _mlps(job), {name: functools.partial(_adam, job) for name in LOSSES}, 0)
-  return nets, optimizers
+  state = train.build(strategy, _mlps(job), {name: functools.partial(_adam, job) for name in LOSSES}, 0)
+  return state.models, state.optimizers
 
 
 def _figures(job: Job, updates: int, seconds: float) -> dict:
@@ -258,6 +261,27 @@ def run_compute_bound(job: Job, jit_compile: bool = False, while_loop: bool = Fa
   def run_cycles(n):
     cycles(tf.constant(n))
     optimizers["generator"].iterations.numpy()
+
+  return _timed(job, run_cycles)
+
+
+def run_mwms_bound(job: Job, strategy: tf.distribute.Strategy) -> dict:
+  """trainer's PhaseLoops alone under `strategy`, on one cycle's micro-batches made once and replayed from memory:
+  no example generation and no outer loop, only the compiled windows, their all-reduces and the updates."""
+  state = train.build(strategy, _mlps(job), {name: functools.partial(_adam, job) for name in LOSSES}, 0)
+  replayed = len(job.cycle) * job.micro_batches * strategy.num_replicas_in_sync  # per-replica micro-batches
+  dataset = lambda context: (data.micro_batch_dataset(ring.ring_examples, context, job.global_batch_size, 0)
+                             .take(replayed // context.num_input_pipelines).cache().repeat())
+  iterator = iter(strategy.distribute_datasets_from_function(dataset))
+  loops = {name: PhaseLoop(strategy, state.models, name, state.optimizers[name], LOSSES[name], job.micro_batches,
+                           job.global_batch_size, state.counters) for name in LOSSES}
+  phases = [("critic", tf.constant(job.critic_updates)), ("generator", tf.constant(job.generator_updates))]
+
+  def run_cycles(cycles):
+    for _ in range(cycles):
+      for name, n in phases:
+        applied = loops[name].loop(iterator, n)[1]
+    applied.numpy()
 
   return _timed(job, run_cycles)
 

@@ -60,7 +60,7 @@ def test_quick_benchmark_prints_the_table_and_writes_the_json(tmp_path):
   assert [(r["name"], r["replicas"], r["workers"]) for r in rows] == [
       ("trainer", 1, 1), ("keras_fit", 1, 1), ("naive", 1, 1), ("compute_bound", 1, 1),
       ("trainer", 2, 1), ("keras_fit", 2, 1), ("naive", 2, 1),
-      ("trainer", 2, 2), ("naive", 2, 2)]
+      ("trainer", 2, 2), ("naive", 2, 2), ("mwms_bound", 2, 2)]
   for r in rows:
     assert r["examples_per_sec"] > 0 and r["ms_per_update"] > 0 and r["vs_trainer"] > 0
     assert [r["name"], str(r["replicas"]), str(r["workers"]), f"{r['examples_per_sec']:.0f}"] in [
@@ -95,7 +95,7 @@ def test_plan_lists_each_topologys_runs_without_tensorflow():
   assert bench.plan(1, 1, quick=True) == [("trainer", ""), ("keras_fit", "jit_compile=False"), ("naive", ""),
                                           ("compute_bound", "jit_compile=False")]
   assert [name for name, _ in bench.plan(2, 1, quick=False)] == ["trainer", "keras_fit", "naive"]
-  assert bench.plan(2, 2, quick=False) == [("trainer", ""), ("naive", "")]
+  assert bench.plan(2, 2, quick=False) == [("trainer", ""), ("naive", ""), ("mwms_bound", "")]
 
 
 def test_compare_puts_each_row_beside_the_same_row_of_an_earlier_run():
