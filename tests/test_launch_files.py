@@ -77,7 +77,9 @@ def test_dockerfile_has_the_properties_the_image_relies_on():
   assert all(source != "requirements.txt" for _, source in copies[1:])
   assert "--no-cache-dir -r requirements.txt" in steps[install][1]
   pinned = re.search(r"^tensorflow==(\S+)$", _read("requirements.txt"), re.M).group(1)
-  assert re.findall(r'"tensorflow\[and-cuda\]==([^"]+)"', steps[install][1]) == [pinned]  # the same TensorFlow
+  # The same TensorFlow, by default with its CUDA wheels: a build argument (CI builds the CPU variant) the install takes.
+  assert re.findall(r'^TENSORFLOW_REQUIREMENT="tensorflow\[and-cuda\]==([^"]+)"$', args["ARG"]) == [pinned]
+  assert '"${TENSORFLOW_REQUIREMENT}"' in steps[install][1] and kinds.index("ARG") < install
   for _, source in copies:
     assert os.path.exists(os.path.join(REPO, source)), f"COPY {source}: no such file in the repository"
   assert _image_user() > 0 and kinds.index("USER") > install  # numeric, not root, after the installs
@@ -145,7 +147,8 @@ def test_slurm_script_is_valid_bash_with_consistent_options():
   else:  # one task per node, mirroring over the node's GPUs (the shipped choice)
     assert options["ntasks-per-node"] == "1" and int(options["gpus-per-node"]) >= 1
   hours, minutes, seconds = map(int, options["time"].split(":"))
-  lead = int(re.fullmatch(r"B:TERM@(\d+)", options["signal"]).group(1))  # SIGTERM to the script before the limit
+  # SIGUSR1 to the script before the limit: srun passes it on to the tasks (a SIGTERM would make srun kill them).
+  lead = int(re.fullmatch(r"B:USR1@(\d+)", options["signal"]).group(1))
   assert 0 < lead < hours * 3600 + minutes * 60 + seconds
   assert "requeue" in options  # the script requeues itself after a preemption (exit 42)
   assert re.search(r"^GIN_FILE=\$\{1:-" + re.escape(DEFAULT_CONFIG) + r"\}$", "\n".join(lines), re.M)
@@ -166,10 +169,12 @@ def _fake(path, text: str) -> None:
   path.chmod(0o755)
 
 
-def _run_sbatch(tmp_path, codes: list[str], *args: str, signal_after_start: bool = False):
+def _run_sbatch(tmp_path, codes: list[str], *args: str, send: signal.Signals | None = None,
+                job_state: str = "RUNNING"):
   """Runs the script as sbatch would, with an `srun` that records its call and exits with the next of `codes`
-  ('term': waits for SIGTERM, then exits 42 as trainer does; exits 1 after ~20 s without), and an `scontrol` that
-  records its call."""
+  ('save': waits for SIGUSR1, then exits 42 as trainer does; exits 1 after ~20 s without), and an `scontrol` that
+  records its calls and reports the job in `job_state`. `send` is sent to the script once that srun runs.
+  Returns the script's exit code, srun's calls, srun's environment and scontrol's requeue calls."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir(parents=True)
   (tmp_path / "codes").write_text("\n".join(codes) + "\n")
@@ -177,29 +182,30 @@ def _run_sbatch(tmp_path, codes: list[str], *args: str, signal_after_start: bool
 echo "$*" >> srun.calls
 env > srun.env
 code=$(sed -n "$(wc -l < srun.calls)p" codes)
-if [ "$code" = term ]; then trap 'exit 42' TERM; touch started; for _ in $(seq 1000); do sleep 0.02; done; exit 1; fi
+if [ "$code" = save ]; then trap 'exit 42' USR1; touch started; for _ in $(seq 1000); do sleep 0.02; done; exit 1; fi
 exit "$code"
 """)
-  _fake(bin_dir / "scontrol", f'echo "$*" >> {tmp_path}/scontrol.calls\n')
+  _fake(bin_dir / "scontrol", f'echo "$*" >> {tmp_path}/scontrol.calls\n'
+                              f'if [ "$1" = show ]; then echo "JobId=12345 JobState={job_state} Reason=None"; fi\n')
   env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "12345", "SLURM_JOB_NAME": "trainer",
          "SLURM_CPUS_PER_TASK": "8", "https_proxy": "http://proxy:3128", "HTTP_PROXY": "http://proxy:3128"}
   script = subprocess.Popen(["bash", SBATCH, *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-  if signal_after_start:
+  if send:
     deadline = time.monotonic() + 30
     while not (tmp_path / "started").exists() and time.monotonic() < deadline:
       time.sleep(0.02)
-    script.send_signal(signal.SIGTERM)  # what --signal=B:TERM@120 does before the time limit
+    script.send_signal(send)
   script.communicate(timeout=60)
   calls = (tmp_path / "srun.calls").read_text().splitlines()
   srun_env = dict(l.split("=", 1) for l in (tmp_path / "srun.env").read_text().splitlines() if "=" in l)
-  requeues = (tmp_path / "scontrol.calls").read_text().splitlines() if (tmp_path / "scontrol.calls").exists() else []
-  return script.returncode, calls, srun_env, requeues
+  scontrol = (tmp_path / "scontrol.calls").read_text().splitlines() if (tmp_path / "scontrol.calls").exists() else []
+  return script.returncode, calls, srun_env, [c for c in scontrol if c.startswith("requeue")]
 
 
 def test_slurm_script_starts_the_trainer_with_srun_and_restarts_the_whole_step(tmp_path):
   code, calls, env, requeues = _run_sbatch(tmp_path / "done", ["0"])
   assert (code, requeues) == (0, [])
-  assert calls == [f"--kill-on-bad-exit=1 --cpus-per-task=8 python -m trainer.main --strategy=auto "
+  assert calls == [f"--kill-on-bad-exit=0 --cpus-per-task=8 python -m trainer.main --strategy=auto "
                    f"--gin_file={DEFAULT_CONFIG} --model_dir=runs/slurm-trainer"]
   assert not {"https_proxy", "HTTP_PROXY"} & env.keys()  # gRPC would send worker traffic to the proxy
   assert env["TRAINER_SLURM_PORT_BASE"] == str(20000 + 12345 % 20000)
@@ -213,13 +219,31 @@ def test_slurm_script_starts_the_trainer_with_srun_and_restarts_the_whole_step(t
   assert (code, len(calls), requeues) == (2, 1, [])
 
 
-def test_slurm_script_passes_sigterm_to_the_step_and_requeues_after_a_saved_preemption(tmp_path):
-  code, calls, _, requeues = _run_sbatch(tmp_path, ["term", "0"], signal_after_start=True)
+def test_slurm_script_passes_the_time_limit_signal_to_the_step_and_requeues_after_a_saved_preemption(tmp_path):
+  # SIGUSR1 (--signal=B:USR1@N), or a SIGTERM to the script alone: srun gets SIGUSR1, the workers save (42).
+  for sent in (signal.SIGUSR1, signal.SIGTERM):
+    code, calls, _, requeues = _run_sbatch(tmp_path / sent.name, ["save", "0"], send=sent)
+    assert (code, len(calls), requeues) == (42, 1, ["requeue 12345"]), sent
+  # scancel (Slurm reports the job COMPLETING): the workers save, but a requeue would bring a cancelled job back.
+  code, calls, _, requeues = _run_sbatch(tmp_path / "cancelled", ["save", "0"], send=signal.SIGTERM,
+                                         job_state="COMPLETING")
+  assert (code, len(calls), requeues) == (42, 1, [])
+  # Slurm's own preemption signals the tasks, not the script: they exit 42, and the job goes back to the queue.
+  code, calls, _, requeues = _run_sbatch(tmp_path / "preempted", ["42", "0"])
   assert (code, len(calls), requeues) == (42, 1, ["requeue 12345"])
 
 
+def _manifests(name: str) -> dict:
+  """The documents of launch/k8s/<name>, by kind."""
+  return {d["kind"]: d for d in yaml.safe_load_all(_read("launch", "k8s", name)) if d}
+
+
 def _indexed_job() -> dict:
-  return {d["kind"]: d for d in yaml.safe_load_all(_read("launch", "k8s", "indexed-job.yaml")) if d}
+  return _manifests("indexed-job.yaml")
+
+
+def _tfjob() -> dict:
+  return _manifests("tfjob.yaml")["TFJob"]
 
 
 def _flags(container: dict) -> dict[str, str]:
@@ -242,12 +266,12 @@ def _check_pod(pod: dict, container: dict, volume_claim: str) -> None:
 
 def test_manifests_validate_against_the_kubernetes_api_schemas():
   pvc = yaml.safe_load(_read("launch", "k8s", "pvc.yaml"))
-  tfjob = yaml.safe_load(_read("launch", "k8s", "tfjob.yaml"))
+  tfjob = _tfjob()
   # TFJob is a custom resource: its pod template is checked as a PodTemplate.
   template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
               "template": tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]}
   for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
-    for doc in [*_indexed_job().values(), pvc, template]:
+    for doc in [*_indexed_job().values(), pvc, template, _manifests("tfjob.yaml")["NetworkPolicy"]]:
       kubernetes_validate.validate(doc, version, strict=True)  # strict: an unknown (misspelled) field is an error
   broken = {**pvc, "spec": {**pvc["spec"], "accessMode": ["ReadWriteMany"]}}
   with pytest.raises(kubernetes_validate.ValidationError):
@@ -290,7 +314,7 @@ def test_indexed_job_pods_find_each_other_through_the_headless_service(tmp_path)
 
 
 def test_tfjob_runs_the_image_entry_point_on_the_shared_volume():
-  tfjob = yaml.safe_load(_read("launch", "k8s", "tfjob.yaml"))
+  tfjob = _tfjob()
   assert tfjob["apiVersion"] == "kubeflow.org/v1" and tfjob["kind"] == "TFJob"
   assert set(tfjob["spec"]["tfReplicaSpecs"]) == {"Worker"}  # worker 0 is the chief, as in the Indexed Job
   worker = tfjob["spec"]["tfReplicaSpecs"]["Worker"]
@@ -303,3 +327,25 @@ def test_tfjob_runs_the_image_entry_point_on_the_shared_volume():
   _check_pod(pod, container, "trainer-runs")
   indexed = _indexed_job()["Job"]["spec"]["template"]["spec"]["containers"][0]
   assert _flags(container)["model_dir"] != _flags(indexed)["model_dir"]  # the two jobs never share a model_dir
+
+
+def _check_policy(policy: dict, pod_labels: dict) -> None:
+  """`policy` applies to the pods labelled `pod_labels` and admits connections to them only from those pods."""
+  spec = policy["spec"]
+  selector = spec["podSelector"]["matchLabels"]
+  assert selector and selector.items() <= pod_labels.items(), (selector, pod_labels)
+  assert "Ingress" in spec["policyTypes"]  # with no rule matching, ingress is then denied
+  for rule in spec["ingress"]:  # an empty rule, or one without `from`, would admit anyone
+    assert rule["from"] and all(peer == {"podSelector": {"matchLabels": selector}} for peer in rule["from"]), rule
+
+
+def test_network_policies_admit_the_workers_ports_only_from_the_jobs_own_pods():
+  docs = _indexed_job()
+  job_pods = docs["Job"]["spec"]["template"]["metadata"]["labels"]
+  assert docs["Service"]["spec"]["selector"].items() <= job_pods.items()
+  _check_policy(docs["NetworkPolicy"], job_pods)
+  tfjob_pods = _tfjob()["spec"]["tfReplicaSpecs"]["Worker"]["template"]["metadata"]["labels"]
+  _check_policy(_manifests("tfjob.yaml")["NetworkPolicy"], tfjob_pods)
+  open_to_all = {**docs["NetworkPolicy"], "spec": {**docs["NetworkPolicy"]["spec"], "ingress": [{}]}}
+  with pytest.raises((AssertionError, KeyError)):
+    _check_policy(open_to_all, job_pods)
