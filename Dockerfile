@@ -1,5 +1,5 @@
-# The trainer image: python -m trainer.main as the entry point, TensorFlow 2.21 with its CUDA libraries (GPU jobs;
-# on a machine without a GPU it runs on the CPU). Build and run: see WORKSPACE.md ("Container").
+# The trainer image: python -m trainer.main as the entry point, TensorFlow 2.21 with its CUDA libraries by default (GPU
+# jobs; on a machine without a GPU it runs on the CPU). Build and run: see WORKSPACE.md ("Container").
 # Pinned by tag (the newest 3.11 patch release, Debian 12). Not by digest as well: no registry is reachable where this
 # file is written and tested, so a digest could not be checked; add @sha256:... from `docker buildx imagetools inspect
 # python:3.11.14-slim-bookworm` where byte-for-byte reproducible builds matter.
@@ -21,9 +21,11 @@ WORKDIR /app
 
 # Dependencies before the source, so that editing the code does not reinstall them. requirements.txt pins
 # tensorflow==2.21.0; the [and-cuda] extra of that same version adds the CUDA/cuDNN/NCCL wheels, in the version ranges
-# TensorFlow declares (like the rest of the dependency tree, they are not locked).
+# TensorFlow declares (like the rest of the dependency tree, they are not locked). For an image without them (CPU
+# only, as CI builds it: see WORKSPACE.md), --build-arg TENSORFLOW_REQUIREMENT=tensorflow==2.21.0.
+ARG TENSORFLOW_REQUIREMENT="tensorflow[and-cuda]==2.21.0"
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt "tensorflow[and-cuda]==2.21.0"
+RUN pip install --no-cache-dir -r requirements.txt "${TENSORFLOW_REQUIREMENT}"
 
 # A numeric non-root user (Kubernetes' runAsNonRoot can only verify a numeric one). Model dirs go under /runs: a named
 # volume starts as a copy of it, owned by this user; a bind mount keeps the host's owner (see WORKSPACE.md).
@@ -35,6 +37,9 @@ RUN useradd --uid 10001 --create-home --home-dir /home/trainer --shell /usr/sbin
 COPY trainer/ trainer/
 RUN python -c "from trainer import datasets; datasets.load('digits', 'train'); datasets.load('digits', 'test')" \
     && chmod -R a+rX /opt/tensorflow_datasets
+# That step ran as root with HOME set, so the caches it left there (matplotlib's, Keras's) are root's: give them to the
+# user, who could not write to them otherwise.
+RUN chown -R 10001:10001 /home/trainer
 COPY launch/ launch/
 COPY configs/ configs/
 
