@@ -36,7 +36,10 @@ def test_two_workers_end_on_the_weights_of_one_replica(tmp_path):
 
 LONGER = [*ARGS, "--gin_bindings=TRAIN_STEPS=600", "--gin_bindings=train.log_every=100",
           "--gin_bindings=train.eval_every=0", "--gin_bindings=train.checkpoint_every=200",
-          "--gin_bindings=train.steps_per_loop=20"]
+          "--gin_bindings=train.steps_per_loop=20",
+          # At equivalence.gin's 0.05 this WGAN-GP diverges near update 595 with the XLA update's rounding (exit 3);
+          # what these tests compare is interruption against no interruption, so a rate it is stable at.
+          "--gin_bindings=SGD.learning_rate=0.02"]
 
 
 @pytest.fixture(scope="module")
