@@ -1,12 +1,13 @@
-r"""Benchmark: python -m benchmarks [--quick] [--output=FILE.json].
+r"""Benchmark: python -m benchmarks [--jobs=big,small] [--quick] [--output=FILE.json].
 
-Times one alternating job (benchmarks.runs: a GAN, critic 2 : generator 1, K micro-batches per update) run by
-this project's trainer, by Keras `fit`, by the naive per-micro-batch loop and by the compute-only bound, at 1 and
+Times alternating jobs (benchmarks.runs: a GAN; `big`: critic 2 : generator 1, MLPs 3 x 512, K=8 micro-batches of
+256 per update; `small`: the default job's sizes, critic 1 : generator 1, MLPs 2 x 256, K=1 of 64) run by this
+project's trainer, by Keras `fit`, by the naive per-micro-batch loop and by the compute-only bound, at 1 and
 2 MirroredStrategy replicas on logical CPU devices, and trainer vs the naive loop on 2 MultiWorkerMirroredStrategy
-workers over loopback. Prints a table and writes (--output)
+workers over loopback. Prints a table per job and writes (--output)
 
-    {"rows": [{"name", "replicas", "workers", "examples_per_sec", "ms_per_update", "vs_trainer", ...}, ...],
-     "collectives_per_window": N, ...}
+    {"rows": [{"job", "name", "replicas", "workers", "examples_per_sec", "ms_per_update", "vs_trainer", ...}, ...],
+     "collectives_per_window": N, "jobs": {"big": {sizes..., "allreduce_bytes_per_example"}, ...}, "machine": ...}
 
 Every run is a child process of its own (`--child`; one per worker on 2 workers): one process cannot create
 MirroredStrategy over two device counts (collective keys clash), and a TensorFlow process slows down as it ages,
@@ -32,9 +33,11 @@ from absl import app, flags, logging  # noqa: E402
 from launch.local import free_ports, worker_env  # noqa: E402
 
 TOPOLOGIES = {"1": (1, 1), "2": (2, 1), "2w": (2, 2)}  # name -> (replicas, workers)
+JOB_NAMES = ["big", "small"]  # benchmarks.runs.JOBS' keys, here so that the parent need not import TensorFlow
 
 _QUICK = flags.DEFINE_bool("quick", False, "A small job and short timings: a smoke test, not figures to quote.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the results as JSON to this file.")
+_JOBS = flags.DEFINE_list("jobs", JOB_NAMES, "Which jobs to time (benchmarks.runs.JOBS), one table each.")
 _TOPOLOGIES = flags.DEFINE_list("topologies", list(TOPOLOGIES), "Which to run: 1 or 2 MirroredStrategy replicas "
                                 "in one process ('1', '2'), 2 MultiWorkerMirroredStrategy workers ('2w').")
 _REPEATS = flags.DEFINE_integer("repeats", None, "Timed runs per row, best kept (default: 1 with --quick, else 3).")
@@ -44,15 +47,19 @@ _JOB = {field: flags.DEFINE_integer(field, None, f"Override the job's {field} (b
         for field in ("width", "global_batch_size", "micro_batches", "critic_updates", "generator_updates",
                       "warmup_cycles", "timed_cycles")}
 _COMPARE_JIT = flags.DEFINE_bool("compare_jit", False, "Add a trainer row with PhaseLoop.jit_compile flipped.")
+_COMPARE_SPAN = flags.DEFINE_bool("compare_span", False, "Add a trainer row whose calls end at every phase "
+                                  "boundary (train.span_phases=False: trainer before one program ran the cycle).")
 _COMPARE = flags.DEFINE_string("compare", None, "A JSON file an earlier run wrote with --output: also print each "
                                 "row's change against it (examples/s, and its ratio to trainer, which hosts do not "
                                 "change).")
 _CHILD = flags.DEFINE_enum("child", None, list(TOPOLOGIES), "Internal: run one topology in this process.")
+_CHILD_JOB = flags.DEFINE_enum("child_job", "big", JOB_NAMES, "Internal: the job the child runs.")
 _CHILD_RUNS = flags.DEFINE_list("child_runs", [], "Internal: the child's runs, as row:variant.")
 _CHILD_RESULT = flags.DEFINE_string("child_result", None, "Internal: the file the child writes its rows to.")
 
 
-def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False) -> list[tuple[str, str]]:
+def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False,
+         compare_span: bool = False) -> list[tuple[str, str]]:
   """The (row, variant) runs of one topology, in the order they run. A row with several variants reports its
   fastest; the parent computes this without importing TensorFlow."""
   # XLA is tried where it can run, except in --quick (it doubles the set-up time).
@@ -60,6 +67,8 @@ def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False) ->
   runs = [("trainer", "")]
   if compare_jit:
     runs.append(("trainer(jit_compile flipped)", ""))
+  if compare_span:
+    runs.append(("trainer(span_phases=False)", ""))
   if workers == 1:  # Keras fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585)
     # Over 2 devices, steps_per_execution > 1 fails in Keras 3.15 (a merge_call under the loop's tf.cond: "You
     # must feed a value for placeholder tensor", keras-team/keras#19246), and so does jit_compile=True.
@@ -83,6 +92,8 @@ def _run(name: str, label: str, job, distribution) -> dict:
   jit = label.startswith("jit_compile=True")
   if name == "trainer":
     return bench_runs.run_trainer(job, distribution)
+  if name == "trainer(span_phases=False)":
+    return bench_runs.run_trainer(job, distribution, span_phases=False)
   if name.startswith("trainer("):
     flipped = not inspect.signature(PhaseLoop.__init__).parameters["jit_compile"].default
     return {**bench_runs.run_trainer(job, distribution, flipped), "jit_compile": flipped}
@@ -104,7 +115,7 @@ def fastest(by_label: dict) -> dict:
   return row
 
 
-def child(topology: str, quick: bool, runs: list[tuple[str, str]]) -> dict:
+def child(topology: str, job_name: str, quick: bool, runs: list[tuple[str, str]]) -> dict:
   """Runs `runs` (row, variant) one after the other in this process; returns {"runs": [...], ...} for the parent.
 
   A variant that fails is reported as "failed: <error>" when its row has other variants, and raises otherwise.
@@ -123,10 +134,10 @@ def child(topology: str, quick: bool, runs: list[tuple[str, str]]) -> dict:
     distribution = strategy.make_strategy("multi_worker")  # reads TF_CONFIG
   else:
     distribution = strategy.make_strategy("mirrored", replicas)
-  job = dataclasses.replace(bench_runs.QUICK if quick else bench_runs.Job(),
+  job = dataclasses.replace((bench_runs.QUICK_JOBS if quick else bench_runs.JOBS)[job_name],
                             **{field: flag.value for field, flag in _JOB.items() if flag.value is not None})
   variants = {}
-  for name, _ in plan(replicas, workers, quick, _COMPARE_JIT.value):
+  for name, _ in plan(replicas, workers, quick, _COMPARE_JIT.value, _COMPARE_SPAN.value):
     variants[name] = variants.get(name, 0) + 1
   results = []
   for name, label in runs:
@@ -147,10 +158,10 @@ def child(topology: str, quick: bool, runs: list[tuple[str, str]]) -> dict:
         trainer_seconds = 1e-3 * row["ms_per_update"] * row["timed_updates"]
         row["input_share"] = bench_runs.input_seconds(job, distribution) / trainer_seconds
     results.append({"name": name, "label": label, "row": row})
-  return {"runs": results, "job": dataclasses.asdict(job), "tensorflow": tf.__version__}
+  return {"runs": results, "job": {"name": job_name, **dataclasses.asdict(job)}, "tensorflow": tf.__version__}
 
 
-def _run_topology(topology: str, runs: list[tuple[str, str]], flags_: list[str]) -> dict:
+def _run_topology(topology: str, job: str, runs: list[tuple[str, str]], flags_: list[str]) -> dict:
   """Runs `runs` of one topology in fresh child processes (one per worker); returns worker 0's result."""
   replicas, workers = TOPOLOGIES[topology]
   cluster = [f"127.0.0.1:{p}" for p in free_ports(workers)] if workers > 1 else []
@@ -158,7 +169,7 @@ def _run_topology(topology: str, runs: list[tuple[str, str]], flags_: list[str])
     procs = []
     for i in range(workers):
       env = worker_env(cluster, i) if workers > 1 else dict(os.environ)
-      args = [sys.executable, "-m", "benchmarks", f"--child={topology}",
+      args = [sys.executable, "-m", "benchmarks", f"--child={topology}", f"--child_job={job}",
               f"--child_runs={','.join(f'{name}:{label}' for name, label in runs)}",
               f"--child_result={os.path.join(tmp, f'{i}.json')}", *flags_]
       procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -183,8 +194,8 @@ def best_rows(topology: str, results: list[dict]) -> dict:
       if best is None or (isinstance(row, dict) and (isinstance(best, str)
                                                      or row["examples_per_sec"] > best["examples_per_sec"])):
         labels[run["label"]] = row
-  rows = [{"name": name, "replicas": replicas, "workers": workers, **fastest(labels)}
-          for name, labels in by_name.items()]
+  rows = [{"job": results[0]["job"]["name"], "name": name, "replicas": replicas, "workers": workers,
+           **fastest(labels)} for name, labels in by_name.items()]
   return {"rows": rows, "job": results[0]["job"], "tensorflow": results[0]["tensorflow"]}
 
 
@@ -205,61 +216,73 @@ def table(rows: list[dict]) -> str:
 
 
 def summarize(results: list[dict]) -> dict:
-  """The children's results as the benchmark's JSON: rows with their ratio to trainer on the same topology."""
+  """The children's results as the benchmark's JSON: rows with their ratio to trainer on the same job and topology."""
   rows = [dict(row) for result in results for row in result["rows"]]
-  trainers = {(r["replicas"], r["workers"]): r for r in rows if r["name"] == "trainer"}
+  trainers = {(r["job"], r["replicas"], r["workers"]): r for r in rows if r["name"] == "trainer"}
   for row in rows:
-    row["vs_trainer"] = row["examples_per_sec"] / trainers[row["replicas"], row["workers"]]["examples_per_sec"]
+    row["vs_trainer"] = row["examples_per_sec"] / trainers[row["job"], row["replicas"], row["workers"]]["examples_per_sec"]
   # All-reduce ops per window per model in trainer's traced step, where there is something to reduce (> 1 replica).
   counts = sorted({n for r in trainers.values() if r["replicas"] > 1 for n in r["collectives_per_window"].values()})
+  jobs = {}
+  for result in results:
+    job = {k: v for k, v in result["job"].items() if k != "name"}
+    bytes_ = next(r["allreduce_bytes_per_example"] for r in result["rows"] if r["name"] == "trainer")
+    jobs[result["job"]["name"]] = {**job, "allreduce_bytes_per_example": bytes_}
   return {
       "rows": rows,
       "collectives_per_window": counts[0] if len(counts) == 1 else counts or None,
-      "allreduce_bytes_per_example": rows[0]["allreduce_bytes_per_example"],
-      "job": results[0]["job"],
+      "jobs": jobs,
       "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                   "tensorflow": results[0]["tensorflow"]},
   }
 
 
 def report(output: dict) -> str:
-  """The table and the notes under it, as printed."""
-  job, machine = output["job"], output["machine"]
-  lines = [f"GAN critic {job['critic_updates']} : generator {job['generator_updates']}, MLPs {job['depth']} x "
-           f"{job['width']}, K={job['micro_batches']} micro-batches of G={job['global_batch_size']} per update; "
-           f"best of {output.get('repeats', 1)}; load average {machine.get('load_before', float('nan')):.1f} -> "
-           f"{machine.get('load_after', float('nan')):.1f} on {machine['cpus']} CPUs", table(output["rows"])]
-  shares = ", ".join(f"{r['input_share']:.1%} at {r['replicas']}r/{r['workers']}w"
-                     for r in output["rows"] if "input_share" in r)
+  """A table per job and the notes under it, as printed."""
+  machine, lines = output["machine"], []
+  for name, job in output["jobs"].items():
+    rows = [r for r in output["rows"] if r["job"] == name]
+    lines += [f"job '{name}': GAN critic {job['critic_updates']} : generator {job['generator_updates']}, MLPs "
+              f"{job['depth']} x {job['width']}, K={job['micro_batches']} micro-batches of G={job['global_batch_size']}"
+              f" per update; best of {output.get('repeats', 1)}", table(rows)]
+    shares = ", ".join(f"{r['input_share']:.1%} at {r['replicas']}r/{r['workers']}w" for r in rows if "input_share" in r)
+    lines.append(f"trainer: {job['allreduce_bytes_per_example']:.0f} bytes all-reduced per example; the input "
+                 f"pipeline alone takes {shares} of trainer's time")
+    for r in rows:
+      if "variants" in r:
+        lines.append(f"{r['name']} at {r['replicas']}r/{r['workers']}w: " + ", ".join(
+            f"{k}: {v:.0f} examples/s" if isinstance(v, float) else f"{k}: {v}" for k, v in r["variants"].items()))
   collectives = output["collectives_per_window"]
-  counted = (f"{collectives} all-reduce per window per model" if collectives is not None
-             else "nothing to all-reduce at 1 replica (topologies 2 and 2w count the collectives)")
-  lines.append(f"trainer: {counted}, {output['allreduce_bytes_per_example']:.0f} bytes all-reduced per example; the "
-               f"input pipeline alone takes {shares} of trainer's time")
-  for r in output["rows"]:
-    if "variants" in r:
-      lines.append(f"{r['name']} at {r['replicas']}r/{r['workers']}w: " + ", ".join(
-          f"{k}: {v:.0f} examples/s" if isinstance(v, float) else f"{k}: {v}" for k, v in r["variants"].items()))
+  lines.append(f"trainer: {collectives} all-reduce per window per model" if collectives is not None
+               else "trainer: nothing to all-reduce at 1 replica (topologies 2 and 2w count the collectives)")
+  lines.append(f"load average {machine.get('load_before', float('nan')):.1f} -> "
+               f"{machine.get('load_after', float('nan')):.1f} on {machine['cpus']} CPUs")
   return "\n".join(lines)
 
 
 def compare(output: dict, baseline: dict) -> str:
-  """Each row of `output` beside the same (name, replicas, workers) row of `baseline`, an earlier run's JSON.
+  """Each row of `output` beside the same (job, name, replicas, workers) row of `baseline`, an earlier run's JSON.
 
   Absolute examples/s moves with the host the VM lands on; the ratio to trainer on the same topology is the figure
   to compare across runs.
   """
-  before = {(r["name"], r["replicas"], r["workers"]): r for r in baseline["rows"]}
-  lines = [f"{_HEAD}{'before':>10}{'change':>8}{'vs trainer':>12}{'before':>8}"]
+  key = lambda r: (r.get("job", "big"), r["name"], r["replicas"], r["workers"])  # (runs before --jobs: big only)
+  before = {key(r): r for r in baseline["rows"]}
+  lines = [f"{'job':<7}{_HEAD}{'before':>10}{'change':>8}{'vs trainer':>12}{'before':>8}"]
   for r in output["rows"]:
-    old = before.get((r["name"], r["replicas"], r["workers"]))
+    old = before.get(key(r))
     if old is None:
-      lines.append(f"{_head(r)}{'-':>10}{'-':>8}{r['vs_trainer']:>12.2f}{'-':>8}")
+      lines.append(f"{r['job']:<7}{_head(r)}{'-':>10}{'-':>8}{r['vs_trainer']:>12.2f}{'-':>8}")
     else:
-      lines.append(f"{_head(r)}{old['examples_per_sec']:>10.0f}{r['examples_per_sec'] / old['examples_per_sec']:>7.2f}x"
-                   f"{r['vs_trainer']:>12.2f}{old['vs_trainer']:>8.2f}")
-  if output.get("job") != baseline.get("job"):
-    lines.append(f"note: the jobs differ ({baseline.get('job')} before), so neither column compares like with like")
+      lines.append(f"{r['job']:<7}{_head(r)}{old['examples_per_sec']:>10.0f}"
+                   f"{r['examples_per_sec'] / old['examples_per_sec']:>7.2f}x{r['vs_trainer']:>12.2f}"
+                   f"{old['vs_trainer']:>8.2f}")
+  sizes = lambda jobs: {n: {k: v for k, v in j.items() if k != "allreduce_bytes_per_example"} for n, j in jobs.items()}
+  earlier = sizes(baseline.get("jobs") or {"big": baseline.get("job", {})})
+  differ = [n for n, job in sizes(output["jobs"]).items() if n in earlier and earlier[n] != job]
+  if differ:
+    lines.append(f"note: job {', '.join(differ)} differs from the earlier run's, so its rows do not compare like "
+                 "with like")
   return "\n".join(lines)
 
 
@@ -274,40 +297,47 @@ def _load_baseline(path: str) -> dict:
   return baseline
 
 
+def _time_topology(topology: str, job: str, repeats: int, flags_: list[str]) -> dict:
+  """Every run of `plan` for one job and topology, `repeats` times; the best rows."""
+  runs = plan(*TOPOLOGIES[topology], _QUICK.value, _COMPARE_JIT.value, _COMPARE_SPAN.value)
+  if _QUICK.value:  # one process for all of a topology's runs: a smoke test, so set-up time matters more
+    return best_rows(topology, [_run_topology(topology, job, runs, flags_) for _ in range(repeats)])
+  # Every run in a fresh process, repeats taken in turn: a TensorFlow process slows down as it ages (allocator
+  # state; measured in the README), which would favour whichever row runs first.
+  results, failed = [], set()
+  for _ in range(repeats):
+    for run in runs:
+      if run not in failed:
+        results.append(_run_topology(topology, job, [run], flags_))
+        failed.update((r["name"], r["label"]) for r in results[-1]["runs"] if isinstance(r["row"], str))
+  return best_rows(topology, results)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CHILD.value:
     runs = [tuple(run.split(":", 1)) for run in _CHILD_RUNS.value]
     with open(_CHILD_RESULT.value, "w", encoding="utf-8") as f:
-      json.dump(child(_CHILD.value, _QUICK.value, runs), f)
+      json.dump(child(_CHILD.value, _CHILD_JOB.value, _QUICK.value, runs), f)
     return
   baseline = _load_baseline(_COMPARE.value) if _COMPARE.value else None  # first: a typo must not cost a run
   unknown = set(_TOPOLOGIES.value) - set(TOPOLOGIES)
   if unknown:
     raise app.UsageError(f"--topologies: unknown {sorted(unknown)}; choose from {', '.join(TOPOLOGIES)}")
+  if set(_JOBS.value) - set(JOB_NAMES) or not _JOBS.value:
+    raise app.UsageError(f"--jobs: choose from {', '.join(JOB_NAMES)}, got {','.join(_JOBS.value)}")
   repeats = _REPEATS.value or (1 if _QUICK.value else 3)
   flags_ = [f"--quick={_QUICK.value}", f"--intra_op_threads={_INTRA.value}", f"--inter_op_threads={_INTER.value}",
-            f"--compare_jit={_COMPARE_JIT.value}",
+            f"--compare_jit={_COMPARE_JIT.value}", f"--compare_span={_COMPARE_SPAN.value}",
             *(f"--{field}={flag.value}" for field, flag in _JOB.items() if flag.value is not None)]
   load_before = os.getloadavg()[0]
   summaries = []
-  for topology in _TOPOLOGIES.value:
-    start = time.perf_counter()
-    runs = plan(*TOPOLOGIES[topology], _QUICK.value, _COMPARE_JIT.value)
-    if _QUICK.value:  # one process for all of a topology's runs: a smoke test, so set-up time matters more
-      results = [_run_topology(topology, runs, flags_) for _ in range(repeats)]
-    else:
-      # Every run in a fresh process, repeats taken in turn: a TensorFlow process slows down as it ages (allocator
-      # state; measured in the README), which would favour whichever row runs first.
-      results, failed = [], set()
-      for _ in range(repeats):
-        for run in runs:
-          if run not in failed:
-            results.append(_run_topology(topology, [run], flags_))
-            failed.update((r["name"], r["label"]) for r in results[-1]["runs"] if isinstance(r["row"], str))
-    summaries.append(best_rows(topology, results))
-    logging.info("topology %s took %.0f s", topology, time.perf_counter() - start)
+  for job in _JOBS.value:
+    for topology in _TOPOLOGIES.value:
+      start = time.perf_counter()
+      summaries.append(_time_topology(topology, job, repeats, flags_))
+      logging.info("job %s, topology %s took %.0f s", job, topology, time.perf_counter() - start)
   output = summarize(summaries)
   output.update(quick=_QUICK.value, repeats=repeats)
   output["machine"].update(load_before=load_before, load_after=os.getloadavg()[0])

@@ -59,7 +59,13 @@ class Job:
     return self.global_batch_size * self.micro_batches
 
 
+# The default job's sizes (configs/gan_digits.gin: MLPs 2 x 256, G=64, K=1, critic 1 : generator 1): updates so
+# short that what the outer loop costs per update decides the speed.
+SMALL = Job(width=256, depth=2, global_batch_size=64, micro_batches=1, critic_updates=1, generator_updates=1,
+            warmup_cycles=20, timed_cycles=200)
+JOBS = {"big": Job(), "small": SMALL}
 QUICK = Job(width=128, global_batch_size=64, micro_batches=2, warmup_cycles=5, timed_cycles=20)
+QUICK_JOBS = {"big": QUICK, "small": dataclasses.replace(SMALL, width=64, warmup_cycles=5, timed_cycles=20)}
 
 
 def _mlps(job: Job) -> dict[str, Callable[[], keras.Model]]:
@@ -108,7 +114,8 @@ def _summed_gradients(job: Job, nets, name: str, micro_batches) -> tuple[list[tf
   return grads, loss
 
 
-def run_trainer(job: Job, strategy: tf.distribute.Strategy, jit_compile: bool | None = None) -> dict:
+def run_trainer(job: Job, strategy: tf.distribute.Strategy, jit_compile: bool | None = None,
+                span_phases: bool = True) -> dict:
   """`trainer.train.train` itself, timed by its own telemetry.
 
   It trains 2 * T updates with `log_every` = T (T = the timed updates): the first log interval is the warm-up
@@ -116,7 +123,8 @@ def run_trainer(job: Job, strategy: tf.distribute.Strategy, jit_compile: bool | 
   on every worker). The only checkpoint is written after that interval closed and there is no evaluation, so
   neither is measured; what is measured is the whole outer loop users run (loop cuts at phase boundaries, the
   figures read back after every call, telemetry), not only the compiled step. `jit_compile` overrides
-  PhaseLoop's default through gin, as a user would (the gin config is cleared afterwards).
+  PhaseLoop's default through gin, as a user would (the gin config is cleared afterwards); `span_phases` False
+  cuts every call at a phase boundary (trainer before trainer.cycle).
   """
   timed = job.timed_cycles * len(job.cycle)
   schedule = Schedule(cycle=[("critic", job.critic_updates, job.micro_batches),
@@ -128,18 +136,19 @@ def run_trainer(job: Job, strategy: tf.distribute.Strategy, jit_compile: bool | 
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as model_dir:
       run = train.train(model_dir, strategy, models=_mlps(job), optimizers=optimizers, losses=LOSSES,
                         examples=ring.ring_examples, schedule=schedule, train_steps=2 * timed,
-                        global_batch_size=job.global_batch_size, log_every=timed, checkpoint_every=2 * timed)
+                        global_batch_size=job.global_batch_size, log_every=timed, checkpoint_every=2 * timed,
+                        span_phases=span_phases)
   finally:
     if jit_compile is not None:
       gin.clear_config()
   seconds = timed * job.update_examples / run.last_log["examples_per_sec"]
   loops = {name: loop for (name, _), loop in run.loops.items()}
-  # float32 gradients and the loss's figures (grad_norm, the last figure, is computed after the all-reduce)
+  # float32 gradients and the loss's figures, the window's one all-reduce
   packed = {name: 4 * (sum(v.shape.num_elements() for v in run.models[name].trainable_variables)
-                       + len(loop.figure_names) - 1) for name, loop in loops.items()}
+                       + len(loop.reduced_figures)) for name, loop in loops.items()}
   cycle_examples = len(job.cycle) * job.update_examples
-  return {**_figures(job, timed, seconds),
-          "collectives_per_window": {name: loop.collectives_per_update() for name, loop in loops.items()},
+  collectives = {name: (run.cycle or loop).collectives_per_update() for name, loop in loops.items()}
+  return {**_figures(job, timed, seconds), "collectives_per_window": collectives,
           "allreduce_bytes_per_example": sum(packed[name] for name in job.cycle) / cycle_examples}
 
 

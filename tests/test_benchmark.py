@@ -8,17 +8,17 @@ from benchmarks import bench
 from benchmarks import runs as bench_runs
 from tests.processes import run
 
-JOB = {"width": 8, "depth": 1, "global_batch_size": 8, "micro_batches": 2, "critic_updates": 2,
+JOB = {"name": "big", "width": 8, "depth": 1, "global_batch_size": 8, "micro_batches": 2, "critic_updates": 2,
        "generator_updates": 1}
 
 
-def _row(name, replicas, workers, examples_per_sec, **extra):
-  return {"name": name, "replicas": replicas, "workers": workers, "examples_per_sec": examples_per_sec,
+def _row(name, replicas, workers, examples_per_sec, job="big", **extra):
+  return {"job": job, "name": name, "replicas": replicas, "workers": workers, "examples_per_sec": examples_per_sec,
           "ms_per_update": 1.0, **extra}
 
 
-def _trainer(replicas, workers, examples_per_sec, critic=1, generator=1):
-  return _row("trainer", replicas, workers, examples_per_sec, allreduce_bytes_per_example=9.5, input_share=0.02,
+def _trainer(replicas, workers, examples_per_sec, critic=1, generator=1, job="big"):
+  return _row("trainer", replicas, workers, examples_per_sec, job, allreduce_bytes_per_example=9.5, input_share=0.02,
               collectives_per_window={"critic": critic, "generator": generator})
 
 
@@ -31,10 +31,25 @@ def test_each_row_is_compared_with_trainer_on_its_own_topology():
   assert [r["vs_trainer"] for r in output["rows"]] == [1.0, 1.5, 1.0, 0.25, 1.0, 0.25]
   # One replica has nothing to all-reduce (0 ops); the count comes from the multi-replica rows.
   assert output["collectives_per_window"] == 1
-  assert output["allreduce_bytes_per_example"] == 9.5
+  assert output["jobs"]["big"]["allreduce_bytes_per_example"] == 9.5
   text = bench.report(output)
   assert ["keras_fit", "1", "1", "150", "1.0", "1.50"] in [line.split() for line in text.splitlines()]
   assert "trainer: 1 all-reduce per window per model" in text
+
+
+def test_each_job_has_its_own_table_and_its_rows_compare_with_its_own_trainer():
+  small = {**JOB, "name": "small", "width": 4}
+  output = bench.summarize([
+      {"rows": [_trainer(1, 1, 100.0), _row("naive", 1, 1, 50.0)], "job": JOB, "tensorflow": "x"},
+      {"rows": [_trainer(1, 1, 10.0, job="small"), _row("naive", 1, 1, 20.0, job="small")], "job": small,
+       "tensorflow": "x"},
+  ])
+  assert [(r["job"], r["name"], r["vs_trainer"]) for r in output["rows"]] == [
+      ("big", "trainer", 1.0), ("big", "naive", 0.5), ("small", "trainer", 1.0), ("small", "naive", 2.0)]
+  assert set(output["jobs"]) == {"big", "small"} and output["jobs"]["small"]["width"] == 4
+  text = bench.report(output)
+  assert "job 'big': GAN critic 2 : generator 1, MLPs 1 x 8" in text and "job 'small'" in text
+  assert text.index("job 'small'") > text.index("naive") and bench.JOB_NAMES == list(bench_runs.JOBS)
 
 
 def test_a_window_with_more_than_one_collective_is_reported_as_such():
@@ -52,11 +67,13 @@ def test_a_row_reports_its_fastest_variant_and_lists_them_all():
 
 @pytest.mark.slow
 def test_quick_benchmark_prints_the_table_and_writes_the_json(tmp_path):
-  result = run("-m", "benchmarks", "--quick", f"--output={tmp_path / 'bench.json'}", timeout=600)
+  # The small job alone (the big one takes the same code paths with larger sizes, and twice the time)
+  result = run("-m", "benchmarks", "--quick", "--jobs=small", f"--output={tmp_path / 'bench.json'}", timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   with open(tmp_path / "bench.json", encoding="utf-8") as f:
     output = json.load(f)
   rows = output["rows"]
+  assert {r["job"] for r in rows} == {"small"}
   assert [(r["name"], r["replicas"], r["workers"]) for r in rows] == [
       ("trainer", 1, 1), ("keras_fit", 1, 1), ("naive", 1, 1), ("compute_bound", 1, 1),
       ("trainer", 2, 1), ("keras_fit", 2, 1), ("naive", 2, 1),
@@ -66,9 +83,9 @@ def test_quick_benchmark_prints_the_table_and_writes_the_json(tmp_path):
     assert [r["name"], str(r["replicas"]), str(r["workers"]), f"{r['examples_per_sec']:.0f}"] in [
         line.split()[:4] for line in result.stdout.splitlines()]
   assert output["collectives_per_window"] == 1  # at 2 replicas and on 2 workers, for both models
-  # 3 x 128 MLPs: critic 33,537 weights + 3 figures, generator 33,666 + 1, float32, over 3 updates of 2 x 64.
-  assert output["allreduce_bytes_per_example"] == pytest.approx(4 * (2 * 33540 + 33667) / (3 * 128))
-  assert output["job"]["micro_batches"] == bench_runs.QUICK.micro_batches == 2
+  # 2 x 64 MLPs: critic 4,417 weights + 3 figures, generator 4,482 + 1, float32, over 2 updates of 64 examples.
+  assert output["jobs"]["small"]["allreduce_bytes_per_example"] == pytest.approx(4 * (4420 + 4483) / (2 * 64))
+  assert output["jobs"]["small"]["width"] == bench_runs.QUICK_JOBS["small"].width == 64
   assert 0 < rows[0]["input_share"] < 1
 
 
@@ -104,11 +121,17 @@ def test_compare_puts_each_row_beside_the_same_row_of_an_earlier_run():
   now = bench.summarize([{"rows": [_trainer(1, 1, 250.0), _row("naive", 1, 1, 100.0), _row("keras_fit", 1, 1, 5.0)],
                           "job": JOB, "tensorflow": "x"}])
   lines = [line.split() for line in bench.compare(now, before).splitlines()]
-  assert ["trainer", "1", "1", "250", "100", "2.50x", "1.00", "1.00"] in lines  # a faster host ...
-  assert ["naive", "1", "1", "100", "50", "2.00x", "0.40", "0.50"] in lines  # ... and the ratio that tells
-  assert ["keras_fit", "1", "1", "5", "-", "-", "0.02", "-"] in lines  # a row the earlier run did not have
-  assert not any("jobs differ" in " ".join(line) for line in lines)
-  assert "jobs differ" in bench.compare(now, {**before, "job": {**JOB, "width": 9}})
+  assert ["big", "trainer", "1", "1", "250", "100", "2.50x", "1.00", "1.00"] in lines  # a faster host ...
+  assert ["big", "naive", "1", "1", "100", "50", "2.00x", "0.40", "0.50"] in lines  # ... and the ratio that tells
+  assert ["big", "keras_fit", "1", "1", "5", "-", "-", "0.02", "-"] in lines  # a row the earlier run did not have
+  assert not any("differs" in " ".join(line) for line in lines)
+  changed = {**before, "jobs": {"big": {**before["jobs"]["big"], "width": 9}}}
+  assert "note: job big differs from the earlier run's" in bench.compare(now, changed)
+  # a file from before --jobs (rows without a job, one "job") compares as the big job
+  old = {"rows": [{k: v for k, v in r.items() if k != "job"} for r in before["rows"]],
+         "job": {k: v for k, v in JOB.items() if k != "name"}}
+  assert ["big", "trainer", "1", "1", "250", "100", "2.50x", "1.00", "1.00"] in [
+      line.split() for line in bench.compare(now, old).splitlines()]
 
 
 def test_a_compare_file_that_is_not_a_benchmark_is_refused_before_running(tmp_path):

@@ -6,31 +6,37 @@ The real loop under a strategy runs through it in tests/test_train.py and the mu
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from trainer import controller as controller_module
 from trainer.controller import Action, Checkpointer, Controller
 from trainer.errors import Preempted, TrainingFailed
 from trainer.faults import Watchdog
 from trainer.schedule import Schedule
+from trainer.step import Span
 from trainer.telemetry import Telemetry
 
 
 class _Loop:
-  """Applies every update it is asked for, except update `bad` (1-based, global), like PhaseLoop's finite stop."""
+  """Applies every update it is asked for, except update `bad` (1-based, global), like PhaseLoop's finite stop.
+  As a CycleLoop stand-in (`name` None) it records the cycle positions its calls start at."""
 
   figure_names = ["loss"]
   window_examples = 4
+  replica_update = False  # a PhaseLoop on Keras's apply: the controller never spans phases with it
 
-  def __init__(self, calls: list, first: list, bad: int):
-    self._calls, self._first, self._bad = calls, first, bad
+  def __init__(self, calls: list, first: list, bad: int, name: str | None = "a"):
+    self._calls, self._first, self._bad, self.name = calls, first, bad, name
+    self.offsets: list[int] = []
 
-  def loop(self, iterator, n):
+  def run(self, iterator, offset, n):
     del iterator
-    n, start = int(n), self._first[0]
+    start = self._first[0]
     applied = n if not start < self._bad <= start + n else self._bad - start - 1
     self._calls.append((start, n))
+    self.offsets.append(offset)
     self._first[0] += applied
-    return tf.ones([min(applied + 1, n), 1]), tf.constant(applied)
+    failed = (self, np.ones(1)) if applied < n else None
+    return Span(applied, [(self, np.ones([applied, 1]))] if applied else [], failed)
 
 
 class _Record(Action):
@@ -51,15 +57,16 @@ class _Preemption:
     return self.at is not None and self.update[0] >= self.at
 
 
-def _run(tmp_path, *, chief=True, cycle=(("a", 3), ("b", 2)), train_steps=20, steps_per_loop=4, actions=(),
-         checkpoint_every=8, bad=10**9, preempt_at=None, saves=None):
+def _run(tmp_path, *, chief=True, cycle=(("a", 3), ("b", 2)), warmup=(), train_steps=20, steps_per_loop=4,
+         actions=(), checkpoint_every=8, bad=10**9, preempt_at=None, saves=None, make_loop=None):
   calls, first, saves = [], [0], [] if saves is None else saves
   preemption = _Preemption(preempt_at)
   preemption.update = first
   checkpointer = Checkpointer(lambda u: saves.append(u) or f"ckpt-{u}", checkpoint_every, str(tmp_path), 0)
   controller = Controller(
-      schedule=Schedule(cycle=list(cycle)), train_steps=train_steps, steps_per_loop=steps_per_loop, start=0,
-      make_loop=lambda phase: _Loop(calls, first, bad), iterator=None,
+      schedule=Schedule(cycle=list(cycle), warmup=list(warmup)), train_steps=train_steps,
+      steps_per_loop=steps_per_loop, start=0, iterator=None,
+      make_loop=make_loop or (lambda phase: _Loop(calls, first, bad, phase.model)),
       telemetry=Telemetry(str(tmp_path), train_steps, write_files=False), checkpointer=checkpointer,
       actions=list(actions), watchdog=Watchdog(0), preemption=preemption, chief=chief)
   controller.run()
@@ -74,6 +81,26 @@ def test_calls_are_cut_at_phases_the_loop_length_and_every_action_boundary(tmp_p
   assert ends == [3, 5, 8, 10, 13, 15, 16, 18, 20]
   assert log.ran == [5, 10, 15, 20] and saves == [8, 16, 20]
   assert controller.update == 20 and set(controller.loops) == {("a", 1), ("b", 1)}
+
+
+def test_past_the_warm_up_calls_span_phases_and_start_at_their_cycle_position(tmp_path, monkeypatch):
+  calls, first, made = [], [0], []
+
+  class SpanningLoop(_Loop):
+    replica_update = True
+
+  def cycle_loop(cycle, loops):
+    assert [(p.model, p.updates) for p in cycle] == [("a", 3), ("b", 2)] and set(loops) == {("a", 1), ("b", 1)}
+    made.append(_Loop(calls, first, 10**9, name="a"))
+    return made[-1]
+
+  monkeypatch.setattr(controller_module, "CycleLoop", cycle_loop)
+  log = _Record(every=7)
+  _run(tmp_path, warmup=[("w", 2)], actions=[log], train_steps=22, checkpoint_every=100,
+       make_loop=lambda phase: SpanningLoop(calls, first, 10**9, phase.model))
+  # the warm-up (2 updates) is cut at its end; then calls end only at the loop length (4) and the log (7, 14, 21)
+  assert [start + n for start, n in calls] == [2, 6, 7, 11, 14, 18, 21, 22]
+  assert len(made) == 1 and made[0].offsets == [0, 4, 0, 4, 2, 1, 4]  # (update - 2) % 5
 
 
 def test_an_action_only_the_chief_runs_cuts_every_workers_calls_the_same(tmp_path):

@@ -18,15 +18,17 @@ def strategy(replicas: int) -> tf.distribute.Strategy:
 
 def run(model_dir, *, replicas=1, cycle=(("a", 1),), warmup=(), train_steps=6, global_batch_size=16,
         lr=0.05, optimizer="adam", **kwargs) -> train.Run:
-  """Trains models 'a' and 'b' (small MLPs) on regression data; 'a' with MSE, 'b' with MAE."""
+  """Trains models 'a', 'b' and 'c' (small MLPs) on regression data; 'a' and 'c' with MSE, 'b' with MAE."""
   make_optimizer = {"adam": lambda: keras.optimizers.Adam(lr), "sgd": lambda: keras.optimizers.SGD(lr)}[optimizer]
   kwargs = {
-      "models": {n: functools.partial(models.mlp, input_dim=4, output_dim=1, hidden=(8,), name=n) for n in "ab"},
-      "optimizers": {"a": make_optimizer, "b": make_optimizer},
-      "losses": {"a": regression.squared_error, "b": regression.absolute_error},
+      "models": {n: functools.partial(models.mlp, input_dim=4, output_dim=1, hidden=(8,), name=n) for n in "abc"},
+      "optimizers": {n: make_optimizer for n in "abc"},
+      "losses": {"a": regression.squared_error, "b": regression.absolute_error, "c": regression.squared_error},
       "examples": regression.regression_examples,
       **kwargs,
   }
+  for table in ("optimizers", "losses"):  # a test that gives its own models trains only those
+    kwargs[table] = {n: f for n, f in kwargs[table].items() if n in kwargs["models"]}
   return train.train(str(model_dir), strategy(replicas), schedule=Schedule(cycle=list(cycle), warmup=list(warmup)),
                      train_steps=train_steps, global_batch_size=global_batch_size, **kwargs)
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 from trainer.errors import ClusterFault, Preempted, TrainingFailed
 from trainer.faults import Preemption, Watchdog
 from trainer.schedule import Phase, Schedule
+from trainer.cycle import CycleLoop
 from trainer.step import PhaseLoop
 from trainer.telemetry import Telemetry
 
@@ -60,8 +61,10 @@ class Checkpointer(Action):
 class Controller:
   """Runs `schedule` from update `start` to `train_steps`, in compiled calls of at most `steps_per_loop` updates.
 
-  Owns the loop state: the update, the PhaseLoop of each (model, K), the last save (through `checkpointer`).
-  `make_loop(phase)` builds a phase's PhaseLoop on first use. Stops with TrainingFailed before a non-finite
+  Owns the loop state: the update, the PhaseLoop of each (model, K), the cycle's CycleLoop, the last save (through
+  `checkpointer`). `make_loop(phase)` builds a phase's PhaseLoop on first use. With `span_phases` (and every cycle
+  phase on the per-replica update) a call past the warm-up runs across phase boundaries as one CycleLoop program;
+  otherwise every call ends at a phase boundary. Stops with TrainingFailed before a non-finite
   update, with Preempted after a preemption signal on any worker (both after saving), and with ClusterFault when
   a peer is lost.
   """
@@ -69,9 +72,11 @@ class Controller:
   def __init__(self, *, schedule: Schedule, train_steps: int, steps_per_loop: int, start: int,
                make_loop: Callable[[Phase], PhaseLoop], iterator: Iterator, telemetry: Telemetry,
                checkpointer: Checkpointer, actions: list[Action], watchdog: Watchdog, preemption: Preemption,
-               chief: bool):
+               chief: bool, span_phases: bool = True):
     self.update = start
     self.loops: dict[tuple[str, int], PhaseLoop] = {}
+    self.cycle: CycleLoop | None = None
+    self._span_phases = span_phases
     self._schedule, self._train_steps, self._steps_per_loop = schedule, train_steps, steps_per_loop
     self._make_loop, self._iterator, self._telemetry = make_loop, iterator, telemetry
     self._checkpointer, self._actions = checkpointer, [*actions, checkpointer]
@@ -93,30 +98,47 @@ class Controller:
                          f"checkpoint (update {self._checkpointer.saved_at})") from e
     return self.update
 
-  def _next_span(self) -> tuple[Phase, int]:
-    """The phase at the current update and how many of its updates to run before the next boundary."""
+  def _next_span(self) -> tuple[PhaseLoop | CycleLoop, int, int]:
+    """The loop to run at the current update, its position there, and how many updates to run before the next
+    boundary (the end of the phase unless the loop spans the cycle)."""
     position = self._schedule.position(self.update)
-    ends = [self.update + position.updates_left, self._train_steps, self.update + self._steps_per_loop]
+    ends = [self._train_steps, self.update + self._steps_per_loop]
     ends += [action.next_boundary(self.update) for action in self._actions]
-    return position.phase, min(ends) - self.update
+    loop = self._cycle_loop() if self.update >= self._schedule.warmup_updates else None
+    if loop is None:
+      loop = self._phase_loop(position.phase)
+      ends.append(self.update + position.updates_left)
+    return loop, self._schedule.cycle_position(self.update), min(ends) - self.update
 
-  def _train(self, phase: Phase, n: int) -> None:
+  def _phase_loop(self, phase: Phase) -> PhaseLoop:
     key = (phase.model, phase.micro_batches)
     if key not in self.loops:
       self.loops[key] = self._make_loop(phase)
-    loop = self.loops[key]
-    with self._watchdog.watch(f"updates {self.update + 1}-{self.update + n} (phase '{phase.model}')"):
-      rows, applied = loop.loop(self._iterator, tf.constant(n, tf.int32))
-      rows, applied = rows.numpy(), int(applied.numpy())
-    self._telemetry.record(phase.model, loop.figure_names, rows[:applied], applied * loop.window_examples)
-    self.update += applied
-    if applied < n:  # the loop stopped before a non-finite update: keep the last good state
+    return self.loops[key]
+
+  def _cycle_loop(self) -> CycleLoop | None:
+    if self.cycle is None and self._span_phases:
+      loops = {(p.model, p.micro_batches): self._phase_loop(p) for p in self._schedule.cycle}
+      if not all(loop.replica_update for loop in loops.values()):  # Keras's apply runs outside the program
+        self._span_phases = False
+        return None
+      self.cycle = CycleLoop(self._schedule.cycle, loops)
+    return self.cycle
+
+  def _train(self, loop: PhaseLoop | CycleLoop, offset: int, n: int) -> None:
+    with self._watchdog.watch(f"updates {self.update + 1}-{self.update + n}"):
+      span = loop.run(self._iterator, offset, n)
+    for phase_loop, rows in span.rows:
+      self._telemetry.record(phase_loop.name, phase_loop.figure_names, rows, len(rows) * phase_loop.window_examples)
+    self.update += span.applied
+    if span.failed:  # the loop stopped before a non-finite update: keep the last good state
       saved = self._checkpointer.save(self.update)
-      bad = ", ".join(f"{phase.model}/{k}={v:.4g}" for k, v in zip(loop.figure_names, rows[applied]))
+      failed, row = span.failed
+      bad = ", ".join(f"{failed.name}/{k}={v:.4g}" for k, v in zip(failed.figure_names, row))
       raise TrainingFailed(
-          f"non-finite loss or gradient at update {self.update + 1} (phase '{phase.model}': {bad}); that update "
+          f"non-finite loss or gradient at update {self.update + 1} (phase '{failed.name}': {bad}); that update "
           f"was not applied and the last good state is saved as {saved}. Lower the learning rate of "
-          f"'{phase.model}' or check its loss")
+          f"'{failed.name}' or check its loss")
 
   def _stop_preempted(self) -> None:
     if self._checkpointer.saved_at != self.update:

@@ -53,9 +53,11 @@ class LossScale(tf.Module):
     self.scale = tf.Variable(float(initial_scale), trainable=False, dtype=tf.float32, name="scale")
     self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
 
-  def next(self, finite: tf.Tensor) -> None:
-    """Replica context, after a window: halve the scale on an overflow, double it after growth_steps good ones.
-    Local writes (aggregation NONE) that agree everywhere, since `finite` is decided on reduced values."""
+  def next(self, finite: tf.Tensor) -> tf.Tensor:
+    """Replica context, after a window: halve the scale on an overflow, double it after growth_steps good ones;
+    returns the new scale. Local writes (aggregation NONE) that agree everywhere, since `finite` is decided on
+    reduced values."""
     grow = finite & (self.good_steps + 1 >= self.growth_steps)
     self.scale.assign(tf.where(finite, tf.where(grow, self.scale * 2.0, self.scale), self.scale / 2.0))
     self.good_steps.assign(tf.where(finite & ~grow, self.good_steps + 1, tf.zeros_like(self.good_steps)))
+    return self.scale.read_value()

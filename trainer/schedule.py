@@ -64,9 +64,9 @@ class Schedule:
     # Cumulative update and micro-batch counts at the start of each phase (and one past the end).
     self._update_starts = [0, *itertools.accumulate(p.updates for p in self.phases)]
     self._micro_starts = [0, *itertools.accumulate(p.updates * p.micro_batches for p in self.phases)]
-    self._warmup_updates = self._update_starts[len(self.warmup)]
+    self.warmup_updates = self._update_starts[len(self.warmup)]
     self._warmup_micro = self._micro_starts[len(self.warmup)]
-    self._cycle_updates = self._update_starts[-1] - self._warmup_updates
+    self.cycle_updates = self._update_starts[-1] - self.warmup_updates
     self._cycle_micro = self._micro_starts[-1] - self._warmup_micro
 
   @property
@@ -79,9 +79,9 @@ class Schedule:
     if update < 0:
       raise ValueError(f"update must be >= 0, got {update}")
     cycles = 0
-    if update >= self._warmup_updates:
-      cycles, update = divmod(update - self._warmup_updates, self._cycle_updates)
-      update += self._warmup_updates
+    if update >= self.warmup_updates:
+      cycles, update = divmod(update - self.warmup_updates, self.cycle_updates)
+      update += self.warmup_updates
     index = bisect.bisect_right(self._update_starts, update) - 1
     return cycles, index, update - self._update_starts[index]
 
@@ -90,6 +90,10 @@ class Schedule:
     _, index, offset = self._locate(update)
     phase = self.phases[index]
     return Position(phase, index, phase.updates - offset)
+
+  def cycle_position(self, update: int) -> int:
+    """Where update `update`, past the warm-up, falls in its cycle (0: the cycle's first update)."""
+    return (update - self.warmup_updates) % self.cycle_updates
 
   def micro_batches_before(self, update: int) -> int:
     """How many micro-batches the updates before `update` consume in total."""

@@ -10,10 +10,11 @@ Other models may be called by the loss (a critic scoring generated samples) but 
 updated: their weights, optimizer slots and iteration counts stay bit-for-bit the same.
 """
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import gin
 import keras
+import numpy as np
 import tensorflow as tf
 
 from trainer import update
@@ -22,6 +23,15 @@ from trainer.errors import UserError
 from trainer.precision import LossScale
 
 _ALL_REDUCE_OPS = frozenset({"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "NcclAllReduce"})
+
+class Span(NamedTuple):
+  """What one compiled call did: the updates applied, the figure rows [updates, figures] of each loop that trained
+  (in the loop's `figure_names`), and, when it stopped early, the loop and row of the window it did not apply."""
+
+  applied: int
+  rows: list[tuple["PhaseLoop", np.ndarray]]
+  failed: tuple["PhaseLoop", np.ndarray] | None
+
 
 LossFn = Callable[[Mapping[str, keras.Model], Any, str], Mapping[str, tf.Tensor]]
 """Maps (all models by name, a per-replica micro-batch, the trained model's name) to {figure: values, shape [b]}.
@@ -68,13 +78,14 @@ class PhaseLoop:
     (update.check if replica_update else update.check_keras_apply)(name, optimizer)
     if loss_scale is not None and not replica_update:
       raise UserError(f"model '{name}' uses mixed_float16, whose loss scaling needs PhaseLoop.replica_update = True")
-    self._replica_update = replica_update
+    self.replica_update = replica_update
     self._loss_scale = loss_scale
     self._tail = ["grad_norm", *(["loss_scale", "skipped"] if loss_scale is not None else [])]
     self.name = name
     self.micro_batches = micro_batches
     self.figure_names: list[str] = []  # set when traced
     self._strategy = strategy
+    self.local_devices = len(strategy.extended.worker_devices)
     self._models = models
     self._model = models[name]
     self._optimizer = optimizer
@@ -124,7 +135,7 @@ class PhaseLoop:
     norm = tf.linalg.global_norm(grads)
     loss_finite = tf.reduce_all([tf.math.is_finite(f) for f in figures.values()])
     finite = loss_finite & tf.math.is_finite(norm)
-    if self._replica_update:
+    if self.replica_update:
       def apply():
         update.apply(self._optimizer, update.clip(self._optimizer, grads, norm), self._model.trainable_variables)
         return tf.constant(True)
@@ -133,50 +144,73 @@ class PhaseLoop:
       return tf.where(finite, 0, 2), tf.stack([norm])
     skipped = loss_finite & ~finite
     status = tf.where(finite, 0, tf.where(skipped & (scale >= 2.0), 1, 2))
-    tf.cond(status < 2, lambda: self._loss_scale.next(finite) or tf.constant(True), lambda: tf.constant(False))
+    tf.cond(status < 2, lambda: self._loss_scale.next(finite), lambda: self._loss_scale.scale.read_value())
     return status, tf.stack([tf.where(skipped, float("nan"), norm), scale, tf.cast(skipped, tf.float32)])
+
+  def step(self, iterator) -> tuple[tf.Tensor, tf.Tensor, list]:
+    """One window, traced into a loop: returns (status, figure row, reduced gradients), the counters (and with
+    the per-replica update the optimizer's iterations) already advanced unless the status is 2 (stop)."""
+    # next() runs outside the replica function, as tf.distribute requires.
+    micro_batches = [next(iterator) for _ in range(self.micro_batches)]
+    grads, figures = self._strategy.run(self._window_fn, args=(micro_batches,))
+    # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
+    grads, figures = all_reduce_sum(self._strategy, (grads, figures))
+    # Every replica updates its own copy from its own reduced values; nothing is broadcast from replica 0.
+    status, tail = self._strategy.run(self._update_fn, args=(grads, figures))
+    local = lambda v: self._strategy.experimental_local_results(v)[0]
+    row = tf.concat([tf.stack([local(figures[n]) for n in self.reduced_figures]), local(tail)], 0)
+    # All replicas hold the same reduced values, so they all took the same branch. A skipped window (status 1)
+    # counts as an update of the schedule but leaves the optimizer, its iterations and its LR schedule as they were.
+    status = local(status)
+    counted = tf.cast(status < 2, tf.int64)
+    if self.replica_update:
+      self._optimizer.iterations.assign_add(tf.cast(status == 0, self._optimizer.iterations.dtype))
+    self._counters["update"].assign_add(counted)
+    self._counters["micro_batch"].assign_add(counted * self.micro_batches)
+    return status, row, grads
 
   def _loop(self, iterator, num_updates):
     self._graph = tf.compat.v1.get_default_graph()  # the FuncGraph being traced, for collectives_per_update
-    variables = self._model.trainable_variables
     rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
     applied = tf.constant(0)
     for i in tf.range(num_updates):
-      # next() runs outside the replica function, as tf.distribute requires.
-      micro_batches = [next(iterator) for _ in range(self.micro_batches)]
-      grads, figures = self._strategy.run(self._window_fn, args=(micro_batches,))
-      # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
-      grads, figures = all_reduce_sum(self._strategy, (grads, figures))
-      # Every replica updates its own copy from its own reduced values; nothing is broadcast from replica 0.
-      status, tail = self._strategy.run(self._update_fn, args=(grads, figures))
-      local = lambda v: self._strategy.experimental_local_results(v)[0]
-      loss_figures = self.figure_names[:-len(self._tail)]
-      rows = rows.write(i, tf.concat([tf.stack([local(figures[n]) for n in loss_figures]), local(tail)], 0))
-      # All replicas hold the same reduced values, so they all took the same branch.
-      status = local(status)
+      status, row, grads = self.step(iterator)
+      rows = rows.write(i, row)
       if status == 2:
         break
-      if status == 0:  # a skipped window leaves the optimizer, its iterations and its LR schedule as they were
-        if self._replica_update:
-          self._optimizer.iterations.assign_add(1)
-        else:
-          self._optimizer.apply_gradients(zip(grads, variables))
-      self._counters["update"].assign_add(1)
-      self._counters["micro_batch"].assign_add(self.micro_batches)
+      if not self.replica_update and status == 0:
+        self._optimizer.apply_gradients(zip(grads, self._model.trainable_variables))
       applied += 1
     return rows.stack(), applied
 
+  def run(self, iterator, offset: int, n: int) -> "Span":
+    """Runs `n` updates in one compiled call (`offset`, the position in the phase, changes nothing here)."""
+    del offset
+    rows, applied = self.loop(iterator, tf.constant(n, tf.int32))
+    rows, applied = rows.numpy(), int(applied.numpy())
+    return Span(applied, [(self, rows[:applied])] if applied else [], (self, rows[applied]) if applied < n else None)
+
   def collectives_per_update(self) -> int:
     """All-reduce ops per update per local replica, counted in the traced graph (the design says exactly 1)."""
-    graph = self._graph.as_graph_def()
-    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-    launches = sum(n.op in _ALL_REDUCE_OPS for n in nodes)
-    return launches // len(self._strategy.extended.worker_devices)
+    return count_collectives(self._graph) // self.local_devices
+
+  @property
+  def reduced_figures(self) -> list[str]:
+    """The loss's figures, all-reduced with the gradients (the figures after them are computed per replica from
+    the reduced values). Known once traced."""
+    return self.figure_names[:-len(self._tail)]
 
   @property
   def traces(self) -> int:
     """How many times the loop has been traced (1 after its first call, and it should stay 1)."""
     return self.loop.experimental_get_tracing_count()
+
+
+def count_collectives(graph: tf.Graph) -> int:
+  """All-reduce launches in a traced graph and the functions it calls (one per local device per all-reduce)."""
+  graph = graph.as_graph_def()
+  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+  return sum(n.op in _ALL_REDUCE_OPS for n in nodes)
 
 
 def _placed(fn: Callable) -> Callable:

@@ -16,6 +16,7 @@ from absl import logging
 
 from trainer import actions, checkpoints
 from trainer.controller import Checkpointer, Controller
+from trainer.cycle import CycleLoop
 from trainer.data import ExamplesFn, distributed_iterator
 from trainer.errors import UserError, check_count, did_you_mean
 from trainer.faults import Preemption, Watchdog
@@ -44,6 +45,7 @@ class Run:
   models: dict[str, keras.Model]
   optimizers: dict[str, keras.optimizers.Optimizer]
   loops: dict[tuple[str, int], PhaseLoop]
+  cycle: CycleLoop | None
   update: int
   last_log: dict
   last_eval: dict
@@ -127,6 +129,7 @@ def train(
     global_batch_size: int = gin.REQUIRED,
     seed: int = 0,
     steps_per_loop: int = 50,
+    span_phases: bool = True,
     log_every: int = 100,
     checkpoint_every: int = 1000,
     keep_checkpoints: int = 3,
@@ -151,8 +154,10 @@ def train(
     train_steps: total optimizer updates, summed over all models (gin macro TRAIN_STEPS).
     global_batch_size: examples per micro-batch, summed over all replicas (gin macro GLOBAL_BATCH_SIZE).
     seed: seeds model initialisation (the data has its own seed in `examples`).
-    steps_per_loop: the most updates run inside one compiled call (fewer at phase boundaries and where an action
-      is due); Python dispatch is paid once per call.
+    steps_per_loop: the most updates run inside one compiled call (fewer where an action is due); Python
+      dispatch and the host's read of the figures are paid once per call.
+    span_phases: past the warm-up, one call runs across phase boundaries (the cycle as one program,
+      trainer.cycle); False ends every call at a phase boundary, as the warm-up's calls do.
     log_every: updates between progress lines / metrics.jsonl records / TensorBoard scalars.
     checkpoint_every: updates between checkpoints (one is also written at the end).
     keep_checkpoints: how many recent checkpoints to keep.
@@ -204,11 +209,12 @@ def train(
     checkpointer = Checkpointer(functools.partial(checkpoints.save, manager), checkpoint_every, checkpoint_dir, start)
     controller = Controller(schedule=schedule, train_steps=train_steps, steps_per_loop=steps_per_loop, start=start,
                             make_loop=make_loop, iterator=iterator, telemetry=telemetry, checkpointer=checkpointer,
-                            actions=[a for a in periodic if a], watchdog=watchdog, preemption=preemption, chief=chief)
+                            actions=[a for a in periodic if a], watchdog=watchdog, preemption=preemption, chief=chief,
+                            span_phases=span_phases)
     update = controller.run()
   finally:
     preemption.close()
     telemetry.close()
     if remove_scratch:
       remove_scratch()
-  return Run(state.models, state.optimizers, controller.loops, update, log.last, evaluation.last if evaluation else {})
+  return Run(state.models, state.optimizers, controller.loops, controller.cycle, update, log.last, evaluation.last if evaluation else {})
