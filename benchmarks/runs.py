@@ -11,8 +11,9 @@ G * K examples, also for the naive loop, which applies an optimizer step per mic
   naive          a Python loop calling a compiled step per micro-batch; Keras all-reduces and applies every time
   compute_bound  the same forward and backward passes and optimizer updates in one tf.function on one device, on
                  in-memory data: no strategy, no accumulation variables, no collectives, no input pipeline
-  mwms_bound     trainer's own compiled program (PhaseLoop: XLA window, one all-reduce, XLA update) on the
-                 workers, fed micro-batches held in memory: the limit of the multi-worker trainer row
+  mwms_bound     trainer's own compiled program (the cycle's CycleLoop: per update an XLA window, one all-reduce,
+                 an XLA update) on the workers, fed micro-batches held in memory: the limit of the multi-worker
+                 trainer row
 """
 
 import dataclasses
@@ -29,6 +30,7 @@ from trainer import data, train
 from trainer.tasks import gan, models, ring
 from trainer.accumulate import accumulate_gradients
 from trainer.schedule import Schedule
+from trainer.cycle import CycleLoop
 from trainer.step import PhaseLoop
 
 LOSSES = {"critic": gan.ns_critic_loss, "generator": gan.ns_generator_loss}
@@ -84,6 +86,11 @@ def _build(job: Job, strategy: tf.distribute.Strategy):
   return state.models, state.optimizers
 
 
+def _schedule(job: Job) -> Schedule:
+  return Schedule(cycle=[("critic", job.critic_updates, job.micro_batches),
+                         ("generator", job.generator_updates, job.micro_batches)])
+
+
 def _figures(job: Job, updates: int, seconds: float) -> dict:
   return {"examples_per_sec": updates * job.update_examples / seconds, "ms_per_update": 1e3 * seconds / updates,
           "timed_updates": updates}
@@ -127,8 +134,7 @@ def run_trainer(job: Job, strategy: tf.distribute.Strategy, jit_compile: bool | 
   cuts every call at a phase boundary (trainer before trainer.cycle).
   """
   timed = job.timed_cycles * len(job.cycle)
-  schedule = Schedule(cycle=[("critic", job.critic_updates, job.micro_batches),
-                             ("generator", job.generator_updates, job.micro_batches)])
+  schedule = _schedule(job)
   optimizers = {name: functools.partial(_adam, job) for name in LOSSES}
   if jit_compile is not None:
     gin.bind_parameter("PhaseLoop.jit_compile", jit_compile)
@@ -275,22 +281,21 @@ def run_compute_bound(job: Job, jit_compile: bool = False, while_loop: bool = Fa
 
 
 def run_mwms_bound(job: Job, strategy: tf.distribute.Strategy) -> dict:
-  """trainer's PhaseLoops alone under `strategy`, on one cycle's micro-batches made once and replayed from memory:
-  no example generation and no outer loop, only the compiled windows, their all-reduces and the updates."""
+  """trainer's compiled program alone under `strategy` (the cycle as one CycleLoop, as train runs it), on one
+  cycle's micro-batches made once and replayed from memory: no example generation and no outer loop, only the
+  compiled windows, their all-reduces and the updates."""
   state = train.build(strategy, _mlps(job), {name: functools.partial(_adam, job) for name in LOSSES}, 0)
   replayed = len(job.cycle) * job.micro_batches * strategy.num_replicas_in_sync  # per-replica micro-batches
   dataset = lambda context: (data.micro_batch_dataset(ring.ring_examples, context, job.global_batch_size, 0)
                              .take(replayed // context.num_input_pipelines).cache().repeat())
   iterator = iter(strategy.distribute_datasets_from_function(dataset))
-  loops = {name: PhaseLoop(strategy, state.models, name, state.optimizers[name], LOSSES[name], job.micro_batches,
-                           job.global_batch_size, state.counters) for name in LOSSES}
-  phases = [("critic", tf.constant(job.critic_updates)), ("generator", tf.constant(job.generator_updates))]
+  loops = {(name, job.micro_batches): PhaseLoop(strategy, state.models, name, state.optimizers[name], LOSSES[name],
+                                                job.micro_batches, job.global_batch_size, state.counters)
+           for name in LOSSES}
+  cycle = CycleLoop(_schedule(job).cycle, loops)
 
   def run_cycles(cycles):
-    for _ in range(cycles):
-      for name, n in phases:
-        applied = loops[name].loop(iterator, n)[1]
-    applied.numpy()
+    cycle.run(iterator, 0, cycles * len(job.cycle))
 
   return _timed(job, run_cycles)
 
