@@ -93,9 +93,11 @@ class PhaseLoop:
     self.window_examples = global_batch_size * micro_batches
     self._counters = counters
     self._graph = None
-    self._window_fn, self._update_fn = self._window, self._update
+    # With one replica in sync the all-reduce is the identity, so the window and the update can be one program.
+    self._alone = strategy.num_replicas_in_sync == 1 and replica_update
+    self._window_fn, self._update_fn, self._fused_fn = self._window, self._update, self._fused
     if jit_compile:
-      self._window_fn, self._update_fn = _placed(self._window), _placed(self._update)
+      self._window_fn, self._update_fn, self._fused_fn = map(_placed, (self._window, self._update, self._fused))
     self.loop = tf.function(self._loop)
 
   def _objective(self, batch):
@@ -152,11 +154,15 @@ class PhaseLoop:
     the per-replica update the optimizer's iterations) already advanced unless the status is 2 (stop)."""
     # next() runs outside the replica function, as tf.distribute requires.
     micro_batches = [next(iterator) for _ in range(self.micro_batches)]
-    grads, figures = self._strategy.run(self._window_fn, args=(micro_batches,))
-    # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
-    grads, figures = all_reduce_sum(self._strategy, (grads, figures))
-    # Every replica updates its own copy from its own reduced values; nothing is broadcast from replica 0.
-    status, tail = self._strategy.run(self._update_fn, args=(grads, figures))
+    if self._alone:
+      grads = None
+      status, tail, figures = self._strategy.run(self._fused_fn, args=(micro_batches,))
+    else:
+      grads, figures = self._strategy.run(self._window_fn, args=(micro_batches,))
+      # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
+      grads, figures = all_reduce_sum(self._strategy, (grads, figures))
+      # Every replica updates its own copy from its own reduced values; nothing is broadcast from replica 0.
+      status, tail = self._strategy.run(self._update_fn, args=(grads, figures))
     local = lambda v: self._strategy.experimental_local_results(v)[0]
     row = tf.concat([tf.stack([local(figures[n]) for n in self.reduced_figures]), local(tail)], 0)
     # All replicas hold the same reduced values, so they all took the same branch. A skipped window (status 1)
@@ -168,6 +174,10 @@ class PhaseLoop:
     self._counters["update"].assign_add(counted)
     self._counters["micro_batch"].assign_add(counted * self.micro_batches)
     return status, row, grads
+
+  def _fused(self, micro_batches):
+    grads, figures = self._window(micro_batches)
+    return (*self._update(grads, figures), figures)
 
   def _loop(self, iterator, num_updates):
     self._graph = tf.compat.v1.get_default_graph()  # the FuncGraph being traced, for collectives_per_update
