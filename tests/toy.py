@@ -25,6 +25,7 @@ def run(model_dir, *, replicas=1, cycle=(("a", 1),), warmup=(), train_steps=6, g
       "optimizers": {"a": make_optimizer, "b": make_optimizer},
       "losses": {"a": regression.squared_error, "b": regression.absolute_error},
       "examples": regression.regression_examples,
+      "export_models": False,  # tests/test_export.py exports
       **kwargs,
   }
   return train.train(str(model_dir), strategy(replicas), schedule=Schedule(cycle=list(cycle), warmup=list(warmup)),
