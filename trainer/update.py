@@ -80,6 +80,20 @@ def apply(optimizer: keras.optimizers.Optimizer, grads: Sequence[tf.Tensor], var
         v.assign(tf.where(overwrite, average.value, v.value))
 
 
+def moving_statistics(model: keras.Model) -> list:
+  """The moving statistics of `model`'s BatchNormalization layers (non-trainable variables its forward pass
+  assigns). They are mirrored with aggregation NONE, so each replica's forward pass moves only its own copy; the
+  step averages them over replicas in the window's all-reduce, so all copies stay equal (and checkpointed)."""
+  return [v for layer in model._flatten_layers()  # pylint: disable=protected-access
+          if isinstance(layer, keras.layers.BatchNormalization) for v in layer.non_trainable_variables]
+
+
+def set_moving_statistics(model: keras.Model, values: Sequence[tf.Tensor]) -> None:
+  """Replica context: sets `model`'s moving statistics to their replica mean `values` (a local write)."""
+  for v, value in zip(moving_statistics(model), values):
+    v.assign(value)
+
+
 @contextlib.contextmanager
 def averaged_weights(models: Mapping[str, keras.Model],
                      optimizers: Mapping[str, keras.optimizers.Optimizer]) -> Iterator[None]:
