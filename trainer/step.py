@@ -66,6 +66,7 @@ class PhaseLoop:
     instead (a broadcast from replica 0 on several devices, no clipping), for optimizers trainer.update cannot
     take apart. `loss_scale` (float16 models) scales the loss and skips windows whose gradient overflows."""
     (update.check if replica_update else update.check_keras_apply)(name, optimizer)
+    update.check_model(name, models[name], jit_compile, micro_batches)
     if loss_scale is not None and not replica_update:
       raise UserError(f"model '{name}' uses mixed_float16, whose loss scaling needs PhaseLoop.replica_update = True")
     self._replica_update = replica_update

@@ -88,6 +88,17 @@ def moving_statistics(model: keras.Model) -> list:
           if isinstance(layer, keras.layers.BatchNormalization) for v in layer.non_trainable_variables]
 
 
+def check_model(name: str, model: keras.Model, jit_compile: bool, micro_batches: int) -> None:
+  """Raises UserError when model `name` has synchronised BatchNorm where its all-reduce cannot run: Keras's
+  `synchronized=True` all-reduces through a merge_call, which fails inside an XLA program and inside trainer's
+  accumulation loop (measured: it runs with `PhaseLoop.jit_compile = False` and 1 micro-batch per update)."""
+  synced = [layer.name for layer in model._flatten_layers()  # pylint: disable=protected-access
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
+  if synced and (jit_compile or micro_batches > 1):
+    raise UserError(f"model '{name}' has BatchNormalization(synchronized=True) ({', '.join(synced)}), which needs "
+                    "PhaseLoop.jit_compile = False and 1 micro-batch per update; or drop synchronized")
+
+
 def set_moving_statistics(model: keras.Model, values: Sequence[tf.Tensor]) -> None:
   """Replica context: sets `model`'s moving statistics to their replica mean `values` (a local write)."""
   for v, value in zip(moving_statistics(model), values):
