@@ -105,10 +105,10 @@ def test_trainer_export_rewrites_one_model_from_the_latest_checkpoint(tmp_path):
   again = keras.saving.load_model(tmp_path / "export" / "generator.keras").get_weights()
   assert all(np.array_equal(a, b) for a, b in zip(at_end, again))  # the same checkpoint, the same EMA weights
   assert os.path.exists(tmp_path / "export" / "critic.keras")  # the model not asked for stays
-  wrong = run("-m", "trainer.export", f"--model_dir={tmp_path}", "--model=generater")
-  assert wrong.returncode == 2
-  assert wrong.stderr.strip().splitlines()[-1] == (
-      "error: --model=generater is not a model of this run (critic, generator) (did you mean 'generator'?)")
+  with pytest.raises(UserError) as wrong:
+    export.from_checkpoint(str(tmp_path), "generater")
+  assert str(wrong.value) == (
+      "--model=generater is not a model of this run (critic, generator) (did you mean 'generator'?)")
 
 
 def test_a_directory_without_a_run_is_one_line(tmp_path):
