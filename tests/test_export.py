@@ -31,7 +31,8 @@ serving = tf.saved_model.load(f"{directory}/generator").signatures["serving_defa
 served = list(serving(tf.constant(inputs)).values())[0].numpy()
 np.save(sys.argv[3], np.stack([np.asarray(generator(inputs)), served]))
 print(json.dumps({"trainer_imported": any(m.startswith("trainer") for m in sys.modules),
-                  "critic_out": list(critic.output_shape), "critic_layers": [type(l).__module__ for l in critic.layers]}))
+                  "critic_out": list(critic.output_shape),
+                  "critic_layers": [type(l).__module__ for l in critic.layers]}))
 """
 
 

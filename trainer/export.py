@@ -18,7 +18,6 @@ killed between the renames, the previous export is still whole, as export.old-*.
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from typing import Iterable, Mapping
 
@@ -28,8 +27,8 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from trainer import checkpoints, config, dropout
-from trainer.state import build
 from trainer.errors import Stop, UserError, did_you_mean
+from trainer.state import build
 from trainer.update import averaged_weights
 
 DIRECTORY = "export"
@@ -52,8 +51,8 @@ def standalone(model: keras.Model) -> keras.Model:
   return copy
 
 
-def write(models: Mapping[str, keras.Model], optimizers: Mapping[str, keras.optimizers.Optimizer], model_dir: str,
-          names: Iterable[str] | None = None) -> str:
+def write(models: Mapping[str, keras.Model], optimizers: Mapping[str, keras.optimizers.Optimizer],
+          model_dir: str, names: Iterable[str] | None = None) -> str:
   """Exports models `names` (default: all) into model_dir/export/ atomically, keeping the other models' files
   already there; returns the directory."""
   final = os.path.join(model_dir, DIRECTORY)
@@ -112,7 +111,8 @@ def from_checkpoint(model_dir: str, model: str | None = None) -> str:
   state = build(tf.distribute.get_strategy(), factories, _configured("optimizers", {}),
                       _configured("seed", 0), _configured("precision", "float32"))
   directory = os.path.join(model_dir, "checkpoints")
-  manager = checkpoints.make_manager(tempfile.mkdtemp(), state.models, state.optimizers, state.counters, 1)
+  # The manager is only read from (its checkpoint object names what to restore); nothing is saved or deleted.
+  manager = checkpoints.make_manager(directory, state.models, state.optimizers, state.counters, max_to_keep=None)
   if checkpoints.restore_latest(manager.checkpoint, directory) is None:
     raise UserError(f"no checkpoint in {directory}: train first (python -m trainer.main ... --model_dir={model_dir})")
   return write(state.models, state.optimizers, model_dir, None if model is None else [model])
