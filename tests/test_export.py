@@ -1,24 +1,20 @@
 """trainer.export: the models written at the end of training load in plain Keras (and as a SavedModel) in a fresh
 process and reproduce trainer's samples; on demand from a checkpoint; atomic."""
 
-import functools
 import json
 import os
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tests import toy
-from tests.processes import run
-from trainer import data, export, train
+from tests.processes import REPO, run
+from trainer import config, export, train
 from trainer.errors import UserError
-from trainer.schedule import Schedule
-from trainer.tasks import conv, gan
 from trainer.update import averaged_weights
 
-_LATENT = 8
+_LATENT = 32  # configs/gan_digits_conv.gin's
 
 # A fresh Python that knows nothing of trainer: plain Keras and TensorFlow load what trainer exported.
 _LOAD = """
@@ -36,25 +32,19 @@ print(json.dumps({"trainer_imported": any(m.startswith("trainer") for m in sys.m
 """
 
 
-def _examples(indices):
-  return {"x": data.uniform(indices, (64,), 1) * 2 - 1, "z": data.normal(indices, (_LATENT,), 2),
-          "y": tf.one_hot(indices % 10, 10)}
+def _conv_gan_run(model_dir):
+  """configs/gan_digits_conv.gin shrunk to 4 updates at 2 replicas, EMA on the generator, as trainer.main runs it
+  (the operative config written at start, the export at the end)."""
+  bindings = ["TRAIN_STEPS = 4", "conv_generator.channels = (8, 4)", "conv_critic.channels = (4, 8)",
+              "train.evaluate = None", "generator/Adam.use_ema = True", "generator/Adam.ema_momentum = 0.5",
+              "Adam.learning_rate = 0.01"]
+  config.parse([os.path.join(REPO, "configs", "gan_digits_conv.gin")], bindings)
+  return train.train(str(model_dir), toy.strategy(2), on_setup=config.write_operative_config)
 
 
-def _gan_run(model_dir, replicas=2, train_steps=4):
-  return train.train(
-      str(model_dir), toy.strategy(replicas), train_steps=train_steps, global_batch_size=8, examples=_examples,
-      schedule=Schedule(cycle=[("critic", 1), ("generator", 1)]),
-      models={"generator": functools.partial(conv.conv_generator, _LATENT, 10, channels=(8, 4)),
-              "critic": functools.partial(conv.conv_critic, 10, channels=(4, 8), dropout_rate=0.25)},
-      optimizers={"generator": lambda: keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.5),
-                  "critic": lambda: keras.optimizers.Adam(0.01)},
-      losses={"generator": functools.partial(gan.ns_generator_loss, condition="y"),
-              "critic": functools.partial(gan.ns_critic_loss, condition="y")})
-
-
-def test_the_exported_generator_reproduces_trainers_samples_in_plain_keras_and_as_a_saved_model(tmp_path):
-  trained = _gan_run(tmp_path)
+@pytest.mark.slow
+def test_the_exported_generator_reproduces_trainers_samples_in_plain_keras_and_trainer_export_rewrites_it(tmp_path):
+  trained = _conv_gan_run(tmp_path)
   inputs = np.concatenate([np.random.RandomState(0).normal(size=(20, _LATENT)), np.eye(10)[np.arange(20) % 10]],
                           axis=1).astype(np.float32)
   generator = trained.models["generator"]
@@ -71,6 +61,18 @@ def test_the_exported_generator_reproduces_trainers_samples_in_plain_keras_and_a
   assert not report["trainer_imported"] and report["critic_out"] == [None, 1]
   assert not any(m.startswith("trainer") for m in report["critic_layers"])  # trainer's Dropout left behind
   assert not [p for p in os.listdir(tmp_path) if p.startswith((".export-", "export.old-"))]
+  # On demand, from the latest checkpoint: the same EMA weights again; the model not asked for stays.
+  at_end = keras.saving.load_model(tmp_path / "export" / "generator.keras").get_weights()
+  os.remove(tmp_path / "export" / "generator.keras")
+  result = run("-m", "trainer.export", f"--model_dir={tmp_path}", "--model=generator")
+  assert result.returncode == 0, result.stderr[-3000:]
+  again = keras.saving.load_model(tmp_path / "export" / "generator.keras").get_weights()
+  assert len(again) == len(at_end) and all(np.array_equal(a, b) for a, b in zip(at_end, again))
+  assert os.path.exists(tmp_path / "export" / "critic.keras")
+  with pytest.raises(UserError) as wrong:
+    export.from_checkpoint(str(tmp_path), "generater")
+  assert str(wrong.value) == (
+      "--model=generater is not a model of this run (critic, generator) (did you mean 'generator'?)")
 
 
 def test_a_failed_export_leaves_the_previous_one_in_place(tmp_path, monkeypatch):
@@ -90,26 +92,6 @@ def test_a_failed_export_leaves_the_previous_one_in_place(tmp_path, monkeypatch)
   assert sorted(os.listdir(tmp_path)) == ["export"] and sorted(os.listdir(tmp_path / "export")) == before
   kept = keras.saving.load_model(tmp_path / "export" / "a.keras")
   assert all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), good))
-
-
-@pytest.mark.slow
-def test_trainer_export_rewrites_one_model_from_the_latest_checkpoint(tmp_path):
-  bindings = ["TRAIN_STEPS=4", "conv_generator.channels=(8, 4)", "conv_critic.channels=(4, 8)",
-              "train.evaluate=None", "generator/Adam.use_ema=True"]
-  trained = run("-m", "trainer.main", "--gin_file=configs/gan_digits_conv.gin", f"--model_dir={tmp_path}",
-                *[f"--gin_bindings={b}" for b in bindings])
-  assert trained.returncode == 0, trained.stderr[-3000:]
-  at_end = keras.saving.load_model(tmp_path / "export" / "generator.keras").get_weights()
-  os.remove(tmp_path / "export" / "generator.keras")
-  result = run("-m", "trainer.export", f"--model_dir={tmp_path}", "--model=generator")
-  assert result.returncode == 0, result.stderr[-3000:]
-  again = keras.saving.load_model(tmp_path / "export" / "generator.keras").get_weights()
-  assert all(np.array_equal(a, b) for a, b in zip(at_end, again))  # the same checkpoint, the same EMA weights
-  assert os.path.exists(tmp_path / "export" / "critic.keras")  # the model not asked for stays
-  with pytest.raises(UserError) as wrong:
-    export.from_checkpoint(str(tmp_path), "generater")
-  assert str(wrong.value) == (
-      "--model=generater is not a model of this run (critic, generator) (did you mean 'generator'?)")
 
 
 def test_a_directory_without_a_run_is_one_line(tmp_path):
