@@ -16,7 +16,7 @@ def test_a_users_module_trains_through_a_gin_import_line(tmp_path):
                env={"PYTHONPATH": os.path.join(REPO, "examples")})
   assert result.returncode == 0, result.stderr[-3000:]
   state = checkpoint_state(tmp_path)
-  assert any(name.startswith("optimizer_mine/") for name in state) and state["update/.ATTRIBUTES/VARIABLE_VALUE"] == 600
+  assert any(name.startswith("optimizer_mine/") for name in state) and state["update/.ATTRIBUTES/VARIABLE_VALUE"] == 300
   evaluation = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "eval/mine/mse" in r][-1]
   assert evaluation["eval/mine/mse"] < 0.05  # learned: the noise floor is 0.01, the untrained model ~15
 
