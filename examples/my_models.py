@@ -37,13 +37,14 @@ def huber(models: Mapping[str, keras.Model], batch: dict, model: str, delta: flo
 def small_convnet(image_shape: tuple = (8, 8, 1), classes: int = 10, dropout_rate: float = 0.25,
                   name: str = "mine") -> keras.Model:
   """A user's conv classifier with BatchNorm and dropout: flat image -> 2 x (conv, BatchNorm, relu) -> pooled ->
-  dropout -> logits. trainer's Dropout keys its masks by example index, so it works alike on any replica count
-  (keras.layers.Dropout would draw one mask for all replicas, and trainer warns about it)."""
+  dropout -> logits. BatchNorm momentum 0.9 (Keras's 0.99 needs ~2x the updates on a short job). trainer's
+  Dropout keys its masks by example index, so it works alike on any replica count (keras.layers.Dropout would
+  draw one mask for all replicas, and trainer warns about it)."""
   inputs = keras.Input((image_shape[0] * image_shape[1] * image_shape[2],), name=f"{name}_input")
   x = keras.layers.Reshape(image_shape)(inputs)
   for i, width in enumerate((16, 32)):
     x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x))
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x))
     x = keras.layers.MaxPooling2D()(x) if i == 0 else keras.layers.GlobalAveragePooling2D()(x)
   x = dropout.Dropout(dropout_rate, name=f"{name}_dropout")(x)
   return keras.Model(inputs, keras.layers.Dense(classes, name=f"{name}_out")(x), name=name)

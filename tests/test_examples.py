@@ -34,9 +34,9 @@ def test_a_users_conv_model_with_batchnorm_and_dropout_trains_on_2_replicas(tmp_
                env={"PYTHONPATH": os.path.join(REPO, "examples")})
   assert result.returncode == 0, result.stderr[-3000:]
   state = checkpoint_state(tmp_path)
-  assert sum("moving_mean" in name for name in state) == 2 and state["update/.ATTRIBUTES/VARIABLE_VALUE"] == 600
+  assert sum("moving_mean" in name for name in state) == 2 and state["update/.ATTRIBUTES/VARIABLE_VALUE"] == 300
   evaluation = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "eval/test_accuracy" in r][-1]
-  # measured 0.983; after 300 updates 0.64 (BatchNorm's moving statistics, momentum 0.99, are not there yet)
+  # measured 0.983 (with BatchNorm momentum 0.99 instead of 0.9: 0.64, the moving statistics lag behind)
   assert evaluation["eval/test_accuracy"] >= 0.95
   assert "draw the same mask" not in result.stderr  # its dropout is trainer's
 
