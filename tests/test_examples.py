@@ -29,6 +29,7 @@ def test_without_its_directory_on_the_path_the_import_is_one_line(tmp_path):
       "module name, or put its directory on PYTHONPATH")
 
 
+@pytest.mark.slow
 def test_a_users_conv_model_with_batchnorm_and_dropout_trains_on_2_replicas(tmp_path):
   result = run("-m", "trainer.main", "--gin_file=examples/my_conv.gin", f"--model_dir={tmp_path}", "--cpu_replicas=2",
                env={"PYTHONPATH": os.path.join(REPO, "examples")})
