@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tests import toy
-from trainer import dropout
+from trainer import dropout, state
 
 
 def _masks(layer, strategy=None, indices_of=lambda r: r * 4 + np.arange(4), calls=1):
@@ -84,3 +84,11 @@ def test_keras_random_layers_are_named_in_one_warning_line_at_several_replicas(c
       "model 'm' has Keras random layers (m_dropout) that draw the same mask on all 2 replicas; use "
       "trainer.dropout.Dropout, keyed by example index"]
   assert dropout.correlated_layers(_dropout_mlp("t")) == []
+
+
+def test_building_a_model_with_keras_dropout_on_2_replicas_warns(caplog):
+  with caplog.at_level(logging.WARNING):
+    state.build(toy.strategy(2), {"m": functools.partial(_dropout_mlp, "m", keras.layers.Dropout)}, {}, 0)
+  assert [r.getMessage() for r in caplog.records if "same mask" in r.getMessage()] == [
+      "model 'm' has Keras random layers (m_dropout) that draw the same mask on all 2 replicas; use "
+      "trainer.dropout.Dropout, keyed by example index"]
