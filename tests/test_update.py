@@ -1,10 +1,13 @@
 """trainer.update: the per-replica update equals Keras's own apply_gradients, option for option."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import toy
 from trainer import update
 from trainer.errors import UserError
 
@@ -70,3 +73,54 @@ def test_what_cannot_be_applied_per_replica_is_refused_with_what_to_do(optimizer
 def test_keras_apply_after_the_all_reduce_refuses_clipping():
   with pytest.raises(UserError, match="sets global_clipnorm, which PhaseLoop.replica_update = False cannot honour"):
     update.check_keras_apply("m", keras.optimizers.SGD(global_clipnorm=1.0))
+
+
+def _bn_mlp(name, synchronized=False):
+  inputs = keras.Input((4,))
+  x = keras.layers.BatchNormalization(name=f"{name}_bn0", synchronized=synchronized)(
+      keras.layers.Dense(8, name=f"{name}_dense")(inputs))
+  x = keras.layers.BatchNormalization(name=f"{name}_bn1")(keras.layers.ReLU()(x))
+  return keras.Model(inputs, keras.layers.Dense(1, name=f"{name}_out")(x), name=name)
+
+
+def _bn_run(model_dir, **kwargs):
+  return toy.run(model_dir, cycle=[("a", 1, 2)], models={n: functools.partial(_bn_mlp, n) for n in "ab"}, **kwargs)
+
+
+def _replica_copies(variable):
+  return [np.array(v) for v in getattr(variable.value, "values", [variable.value])]
+
+
+def test_batchnorm_trains_at_1_and_2_replicas_with_moving_statistics_equal_on_every_replica(tmp_path):
+  # Checked to fail with set_moving_statistics a no-op: each replica then keeps the statistics of its own examples.
+  runs = {replicas: _bn_run(tmp_path / f"r{replicas}", replicas=replicas, train_steps=3) for replicas in (1, 2)}
+  for replicas, run in runs.items():
+    statistics = update.moving_statistics(run.models["a"])
+    assert len(statistics) == 4 and np.isfinite(run.last_log["a/loss"])
+    for variable in statistics:
+      copies = _replica_copies(variable)
+      assert len(copies) == replicas and all(np.array_equal(copies[0], c) for c in copies)
+    assert np.abs(np.array(run.models["a"].get_layer("a_bn0").moving_mean)).max() > 1e-3  # moved from 0
+    saved = dict(tf.train.list_variables(tf.train.latest_checkpoint(str(tmp_path / f"r{replicas}" / "checkpoints"))))
+    assert sum("moving_mean" in name or "moving_variance" in name for name in saved) == 8  # both models' layers
+  # 2 replicas average per-replica statistics (ghost batch norm of G / 2 per micro-batch): not the 1-replica run's
+  variances = [np.array(runs[r].models["a"].get_layer("a_bn0").moving_variance) for r in (1, 2)]
+  assert np.abs(variances[0] - variances[1]).max() > 1e-6
+
+
+def test_a_resumed_batchnorm_run_at_2_replicas_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):
+  whole = _bn_run(tmp_path / "whole", replicas=2, train_steps=2)
+  _bn_run(tmp_path / "parts", replicas=2, train_steps=1)
+  resumed = _bn_run(tmp_path / "parts", replicas=2, train_steps=2)
+  for a, b in zip(whole.models["a"].variables, resumed.models["a"].variables):  # weights and moving statistics
+    np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_synchronized_batchnorm_is_refused_where_its_all_reduce_cannot_run():
+  model = _bn_mlp("a", synchronized=True)
+  with pytest.raises(UserError, match=r"^model 'a' has BatchNormalization\(synchronized=True\) \(a_bn0\), which "
+                                      r"needs PhaseLoop.jit_compile = False and 1 micro-batch per update"):
+    update.check_model("a", model, jit_compile=True, micro_batches=1)
+  with pytest.raises(UserError):
+    update.check_model("a", model, jit_compile=False, micro_batches=2)
+  update.check_model("a", model, jit_compile=False, micro_batches=1)

@@ -6,6 +6,7 @@ from typing import Callable, Mapping
 import keras
 import numpy as np
 
+from trainer import export
 from trainer.controller import Action
 from trainer.schedule import Schedule
 from trainer.telemetry import Telemetry
@@ -57,12 +58,19 @@ class Evaluation(Action):
 
 
 class Export(Action):
-  """After the last update, on the chief: `export(models, model_dir)`."""
+  """After the last update, on the chief: every model into model_dir/export/ (trainer.export: .keras and a
+  SavedModel, EMA weights where the optimizer keeps them) when `write_models`, then the task's own
+  `export(models, model_dir)` if given."""
 
   chief_only = True
 
-  def __init__(self, export: ExportFn, models: Mapping[str, keras.Model], model_dir: str):
-    self._export, self._models, self._model_dir = export, models, model_dir
+  def __init__(self, export_fn: ExportFn | None, models: Mapping[str, keras.Model],
+               optimizers: Mapping[str, keras.optimizers.Optimizer], model_dir: str, write_models: bool = True):
+    self._export, self._models, self._optimizers, self._model_dir = export_fn, models, optimizers, model_dir
+    self._write_models = write_models
 
   def __call__(self, update: int) -> None:
-    self._export(self._models, self._model_dir)
+    if self._write_models:
+      export.write(self._models, self._optimizers, self._model_dir)
+    if self._export:
+      self._export(self._models, self._model_dir)

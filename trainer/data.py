@@ -19,6 +19,7 @@ ExamplesFn = Callable[[tf.Tensor], Any]
 """Maps a vector of global example indices (int64, shape [b]) to a batch: a nest of tensors with leading dim b."""
 
 _GOLDEN = 0x9E3779B97F4A7C15
+INDEX = "index"  # the key under which a dict batch carries its global example indices (see with_index)
 
 
 def _splitmix64(x: tf.Tensor) -> tf.Tensor:
@@ -71,9 +72,17 @@ def micro_batch_dataset(
   return (
       tf.data.Dataset.counter()
       .map(indices)
-      .map(examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      .map(lambda i: with_index(examples(i), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       .prefetch(tf.data.AUTOTUNE)
   )
+
+
+def with_index(batch: Any, indices: tf.Tensor) -> Any:
+  """A dict batch gains its global example indices under 'index' (what trainer.dropout keys masks by); other
+  batches are returned as they are."""
+  if isinstance(batch, dict) and INDEX not in batch:
+    return {**batch, INDEX: indices}
+  return batch
 
 
 def distributed_iterator(

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import update
+from trainer import dropout, update
 from trainer.accumulate import accumulate_gradients
 from trainer.errors import UserError
 from trainer.precision import LossScale
@@ -76,6 +76,7 @@ class PhaseLoop:
     instead (a broadcast from replica 0 on several devices, no clipping), for optimizers trainer.update cannot
     take apart. `loss_scale` (float16 models) scales the loss and skips windows whose gradient overflows."""
     (update.check if replica_update else update.check_keras_apply)(name, optimizer)
+    update.check_model(name, models[name], jit_compile, micro_batches)
     if loss_scale is not None and not replica_update:
       raise UserError(f"model '{name}' uses mixed_float16, whose loss scaling needs PhaseLoop.replica_update = True")
     self.replica_update = replica_update
@@ -101,7 +102,8 @@ class PhaseLoop:
     self.loop = tf.function(self._loop)
 
   def _objective(self, batch):
-    figures = dict(self._loss_fn(self._models, batch, self.name))
+    with dropout.keyed(batch):  # trainer Dropout masks: keyed by this micro-batch's global example indices
+      figures = dict(self._loss_fn(self._models, batch, self.name))
     if "loss" not in figures:
       raise UserError(f"the loss of model '{self.name}' returned {sorted(figures)}; it must return a 'loss' figure")
     # Each per-example figure is divided by the examples in the whole window across all replicas
@@ -121,7 +123,11 @@ class PhaseLoop:
     """Replica context: this replica's share of the window gradient and figures. No communication."""
     # The tape watches the tf.Variables that Keras 3 variables wrap.
     variables = [v.value for v in self._model.trainable_variables]
-    return accumulate_gradients(self._objective, variables, micro_batches)
+    grads, figures = accumulate_gradients(self._objective, variables, micro_batches)
+    # BatchNorm's moving statistics moved on this replica's micro-batches only; their replica mean travels in the
+    # window's one all-reduce, after the gradients, and _update sets it on every replica (trainer.update).
+    replicas = self._strategy.num_replicas_in_sync
+    return grads + [v.value / replicas for v in update.moving_statistics(self._model)], figures
 
   def _update(self, grads, figures):
     """Replica context: checks the reduced window and, if it is good, applies it to this replica's own copy.
@@ -131,12 +137,14 @@ class PhaseLoop:
     below 1); the figures are the gradient's global norm before clipping (NaN when skipped), and for float16 the
     scale this window used and whether it was skipped.
     """
+    grads, statistics = grads[:len(self._model.trainable_variables)], grads[len(self._model.trainable_variables):]
     scale = self._loss_scale.scale.read_value() if self._loss_scale is not None else None
     if scale is not None:
       grads = [g / scale for g in grads]
     norm = tf.linalg.global_norm(grads)
     loss_finite = tf.reduce_all([tf.math.is_finite(f) for f in figures.values()])
     finite = loss_finite & tf.math.is_finite(norm)
+    update.set_moving_statistics(self._model, statistics)  # also in a skipped window: its forward passes ran
     if self.replica_update:
       def apply():
         update.apply(self._optimizer, update.clip(self._optimizer, grads, norm), self._model.trainable_variables)

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Mapping
 
 import gin
 import keras
@@ -20,22 +20,11 @@ from trainer.cycle import CycleLoop
 from trainer.data import ExamplesFn, distributed_iterator
 from trainer.errors import UserError, check_count, did_you_mean
 from trainer.faults import Preemption, Watchdog
-from trainer.precision import LossScale, building
-from trainer.precision import policies as precision_policies
 from trainer.schedule import Schedule
+from trainer.state import State, build  # noqa: F401  (State: part of train's interface)
 from trainer.step import LossFn, PhaseLoop
 from trainer.strategy import is_chief
 from trainer.telemetry import Telemetry
-
-
-class State(NamedTuple):
-  """Everything a checkpoint holds: the models and their optimizers by name, the update and micro-batch counters
-  that place the run in its schedule and its data, and the float16 models' loss scales."""
-
-  models: dict[str, keras.Model]
-  optimizers: dict[str, keras.optimizers.Optimizer]
-  counters: dict[str, tf.Variable]
-  loss_scales: dict[str, LossScale]
 
 
 @dataclasses.dataclass
@@ -86,35 +75,6 @@ def _check_writable(model_dir: str) -> None:
                     "write to") from e
 
 
-def build(strategy: tf.distribute.Strategy, factories: Mapping[str, Callable[[], keras.Model]],
-          optimizer_factories: Mapping[str, Callable[[], keras.optimizers.Optimizer]], seed: int,
-          precision: str | Mapping[str, str] = "float32") -> State:
-  """Creates every model (in its dtype policy, trainer.precision) and optimizer, every optimizer's slots, the update
-  and micro-batch counters and the float16 models' loss scales, under the strategy scope before any step (a
-  checkpoint written before a model's first phase still holds its slots)."""
-  policy = precision_policies(precision, sorted(factories))
-  with strategy.scope():
-    keras.utils.set_random_seed(seed)
-    models, optimizers = {}, {}
-    for name, factory in sorted(factories.items()):
-      with building(policy[name]):
-        model = factory()
-      if not isinstance(model, keras.Model) or not model.built or not model.trainable_variables:
-        raise UserError(f"train.models['{name}'] must return a built keras.Model with trainable weights "
-                        "(give it a keras.Input)")
-      models[name] = model
-    for name, factory in sorted(optimizer_factories.items()):
-      optimizers[name] = factory()
-      optimizers[name].build(models[name].trainable_variables)
-    counters = {
-        "update": tf.Variable(0, dtype=tf.int64, trainable=False, name="update"),
-        "micro_batch": tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_batch"),
-    }
-    loss_scales = {name: LossScale(name) for name in models if policy[name] == "mixed_float16"}
-  return State(models, optimizers, counters, loss_scales)
-
-
-
 @gin.configurable(denylist=["model_dir", "strategy", "stall_timeout"])
 def train(
     model_dir: str,
@@ -136,6 +96,7 @@ def train(
     evaluate: actions.EvaluateFn | None = None,
     eval_every: int = 0,
     export: actions.ExportFn | None = None,
+    export_models: bool = True,
     precision: str | Mapping[str, str] = "float32",
     on_setup: Callable[[str], None] | None = None,
     stall_timeout: float = 0,
@@ -165,6 +126,8 @@ def train(
       updates and at the end.
     eval_every: updates between evaluations; 0 evaluates only at the end.
     export: optional (models, model_dir) -> None, run by the chief after the last update.
+    export_models: whether the chief writes every model to model_dir/export/ after the last update
+      (trainer.export: .keras and SavedModel, EMA weights where kept); `python -m trainer.export` does it later.
     precision: a Keras dtype policy for every model ('float32', 'mixed_bfloat16', 'mixed_float16'), or a dict from
       model name to one (trainer.precision); float16 models get dynamic loss scaling.
     on_setup: called with model_dir once everything is built (trainer.main writes the operative config there).
@@ -205,7 +168,7 @@ def train(
                                         state.loss_scales.get(phase.model))
     log = actions.Log(telemetry, log_every, schedule, train_steps, global_batch_size)
     evaluation = evaluate and actions.Evaluation(evaluate, state.models, state.optimizers, telemetry, eval_every)
-    periodic = [log, evaluation, actions.Export(export, state.models, model_dir) if export else None]
+    periodic = [log, evaluation, actions.Export(export, state.models, state.optimizers, model_dir, export_models)]
     checkpointer = Checkpointer(functools.partial(checkpoints.save, manager), checkpoint_every, checkpoint_dir, start)
     controller = Controller(schedule=schedule, train_steps=train_steps, steps_per_loop=steps_per_loop, start=start,
                             make_loop=make_loop, iterator=iterator, telemetry=telemetry, checkpointer=checkpointer,

@@ -80,6 +80,31 @@ def apply(optimizer: keras.optimizers.Optimizer, grads: Sequence[tf.Tensor], var
         v.assign(tf.where(overwrite, average.value, v.value))
 
 
+def moving_statistics(model: keras.Model) -> list:
+  """The moving statistics of `model`'s BatchNormalization layers (non-trainable variables its forward pass
+  assigns). They are mirrored with aggregation NONE, so each replica's forward pass moves only its own copy; the
+  step averages them over replicas in the window's all-reduce, so all copies stay equal (and checkpointed)."""
+  return [v for layer in model._flatten_layers()  # pylint: disable=protected-access
+          if isinstance(layer, keras.layers.BatchNormalization) for v in layer.non_trainable_variables]
+
+
+def check_model(name: str, model: keras.Model, jit_compile: bool, micro_batches: int) -> None:
+  """Raises UserError when model `name` has synchronised BatchNorm where its all-reduce cannot run: Keras's
+  `synchronized=True` all-reduces through a merge_call, which fails inside an XLA program and inside trainer's
+  accumulation loop (measured: it runs with `PhaseLoop.jit_compile = False` and 1 micro-batch per update)."""
+  synced = [layer.name for layer in model._flatten_layers()  # pylint: disable=protected-access
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
+  if synced and (jit_compile or micro_batches > 1):
+    raise UserError(f"model '{name}' has BatchNormalization(synchronized=True) ({', '.join(synced)}), which needs "
+                    "PhaseLoop.jit_compile = False and 1 micro-batch per update; or drop synchronized")
+
+
+def set_moving_statistics(model: keras.Model, values: Sequence[tf.Tensor]) -> None:
+  """Replica context: sets `model`'s moving statistics to their replica mean `values` (a local write)."""
+  for v, value in zip(moving_statistics(model), values):
+    v.assign(value)
+
+
 @contextlib.contextmanager
 def averaged_weights(models: Mapping[str, keras.Model],
                      optimizers: Mapping[str, keras.optimizers.Optimizer]) -> Iterator[None]:
