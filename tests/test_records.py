@@ -5,13 +5,14 @@ import functools
 import hashlib
 import json
 import os
+import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import toy
+from tests import processes, toy
 from trainer import data, datasets, records
 from trainer.errors import UserError
 from trainer.tasks import classify, models
@@ -149,3 +150,44 @@ def test_the_local_digits_builder_adds_the_array_record_copy_to_an_older_tfrecor
       os.remove(os.path.join(version_dir, name))
   reader = records.open_split(datasets.prepared("digits", copy), "test")
   assert len(reader) == 300 and len(reader.read(np.array([0, 299, 5]))) == 3
+
+
+EXAMPLES = 190_000  # 2.2 GiB of 64x64x3 records, about twice the peak RSS of the process that trains on them
+BATCH = 1024  # one epoch in few updates: the test is about reading every record, not about the model
+_LARGE = f"BATCH = {BATCH}" + """
+import functools, json, sys
+import time
+import keras
+from absl import logging
+from benchmarks import input as synthetic  # registers the 'synthetic64' builder
+from tests import processes, toy
+from trainer import datasets
+from trainer.tasks import classify, models
+logging.use_absl_handler()
+logging.set_verbosity("info")  # the line saying which source runs
+start = time.perf_counter()
+examples = functools.partial(datasets.tfds_examples, name="synthetic64", data_dir=sys.argv[1], source="auto")
+run = toy.run(sys.argv[2], train_steps=int(sys.argv[3]), global_batch_size=BATCH, checkpoint_every=10_000,
+              models={"a": functools.partial(models.mlp, input_dim=64 * 64 * 3, output_dim=10, hidden=(8,), name="a")},
+              optimizers={"a": lambda: keras.optimizers.Adam(1e-3)}, losses={"a": classify.cross_entropy},
+              examples=examples, log_every=100)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({"update": run.update, "loss": run.last_log["a/loss"], "seconds": time.perf_counter() - start,
+                  "peak_rss": int(status["VmHWM"].split()[0]) * 1024}))
+"""
+
+
+@pytest.mark.slow
+def test_a_split_several_times_larger_than_the_memory_it_uses_trains_a_full_epoch(tmp_path):
+  from benchmarks import input as synthetic  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  written = synthetic.write_synthetic(str(tmp_path / "tfds"), EXAMPLES)
+  print(f"wrote {written / 2**30:.2f} GiB in {time.perf_counter() - start:.1f} s")
+  updates = -(-EXAMPLES // BATCH)  # every record read once
+  result = processes.run("-c", _LARGE, str(tmp_path / "tfds"), str(tmp_path / "run"), str(updates), timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  print(f"data {written / 2**30:.2f} GiB, peak RSS {report['peak_rss'] / 2**30:.2f} GiB, {report['seconds']:.1f} s")
+  assert "synthetic64 'train' from ArrayRecord files on disk (source=disk" in result.stderr  # 'auto' chose disk
+  assert report["update"] == updates and np.isfinite(report["loss"])
+  assert written > 2.1 * 2**30 and report["peak_rss"] < written / 1.8

@@ -129,7 +129,23 @@ def decode(features, serialized: tf.Tensor) -> dict:
   parsed = tf.io.parse_example(serialized, specs)
   parsed = {k: v if v.dtype == flat_info[k].tf_dtype else tf.cast(v, flat_info[k].tf_dtype)
             for k, v in parsed.items()}
-  return features.decode_batch_example(utils.pack_as_nest_dict(parsed, features.get_serialized_info()))
+  nested, raw = utils.pack_as_nest_dict(parsed, features.get_serialized_info()), _raw_tensors(features)
+  # Fixed-shape tensors stored as raw bytes: one decode_raw on the batch, not TFDS's tf.map_fn per example.
+  batch = serialized.shape[0] if serialized.shape[0] is not None else -1  # static where known, as the gather's
+  return {name: tf.reshape(tf.io.decode_raw(nested[name], raw[name][0]), [batch, *raw[name][1]]) if name in raw
+          else feature.decode_batch_example(nested[name]) for name, feature in features.items()}
+
+
+def _raw_tensors(features) -> dict:
+  """{name: (dtype, shape)} of the top-level features that are fixed-shape numeric tensors stored as bytes."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  raw = {}
+  for name, feature in features.items():
+    info, stored = feature.get_tensor_info(), feature.get_serialized_info()
+    if (type(feature) is tfds.features.Tensor and stored.tf_dtype == tf.string and info.tf_dtype != tf.string  # pylint: disable=unidiomatic-typecheck
+        and all(d is not None for d in info.shape)):
+      raw[name] = (info.tf_dtype, tuple(info.shape))
+  return raw
 
 
 def add_array_record(builder) -> None:
