@@ -123,13 +123,19 @@ def test_a_missing_or_truncated_file_is_one_line_and_the_checkpoint_is_kept(tmp_
   assert _files(tmp_path / "run" / "checkpoints") == saved
 
 
-def test_a_dataset_prepared_only_as_tfrecord_names_the_convert_command(tmp_path, data_dir):
-  copy = _copy_digits(tmp_path, data_dir)
+def _tfrecord_only(copy) -> str:
+  """Makes the copy's metadata list only its TFRecord files, as TFDS writes them; returns its version dir."""
   version_dir = os.path.join(copy, "digits", "1.0.0")
   info_path = os.path.join(version_dir, "dataset_info.json")
   info = json.load(open(info_path))
   info.pop("alternativeFileFormats")
   json.dump(info, open(info_path, "w"))
+  return version_dir
+
+
+def test_a_dataset_prepared_only_as_tfrecord_names_the_convert_command(tmp_path, data_dir):
+  copy = _copy_digits(tmp_path, data_dir)
+  version_dir = _tfrecord_only(copy)
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   builder = tfds.builder("digits", data_dir=copy)
   with pytest.raises(UserError, match=(f"^TFDS dataset 'digits' in {version_dir} is prepared only as tfrecord.*"
@@ -140,11 +146,7 @@ def test_a_dataset_prepared_only_as_tfrecord_names_the_convert_command(tmp_path,
 
 def test_the_local_digits_builder_adds_the_array_record_copy_to_an_older_tfrecord_one(tmp_path, data_dir):
   copy = _copy_digits(tmp_path, data_dir)
-  version_dir = os.path.join(copy, "digits", "1.0.0")
-  info_path = os.path.join(version_dir, "dataset_info.json")
-  info = json.load(open(info_path))
-  info.pop("alternativeFileFormats")
-  json.dump(info, open(info_path, "w"))
+  version_dir = _tfrecord_only(copy)
   for name in os.listdir(version_dir):
     if ".array_record-" in name:
       os.remove(os.path.join(version_dir, name))
