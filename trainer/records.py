@@ -40,8 +40,9 @@ def has_array_record(builder) -> bool:
 class Reader:
   """The records of a split, by position, over its ArrayRecord shards (one reader per shard, opened once).
 
-  Not TFDS's `ArrayRecordDataSource.__getitems__`: it starts a thread pool on every call, which made a micro-batch
-  of small records 1.4x slower to read here. One `read` per shard and micro-batch instead, in C++.
+  Not TFDS's `ArrayRecordDataSource.__getitems__`: it starts a thread pool on every call, which made micro-batches
+  of 64 digits about 2x slower to read here (30k against 57k examples/s in the pipeline). One `read` per shard and
+  micro-batch instead, in C++.
   """
 
   def __init__(self, instructions) -> None:
