@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests import processes, toy
-from trainer import datasets, fingerprints
+from trainer import datasets, fingerprints, train
 from trainer.errors import UserError
 
 
@@ -53,3 +53,12 @@ def test_a_resume_on_other_data_is_refused_and_the_checkpoint_is_kept(tmp_path):
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["checkpoint", "ckpt-2.data-00000-of-00001",
                                                                    "ckpt-2.index"]
   assert _run(tmp_path / "run", data_dir, "train", source="disk", train_steps=4).update == 4  # same data, on disk
+
+
+def test_a_checkpoint_from_before_fingerprints_resumes_unchecked(tmp_path, monkeypatch):
+  data_dir = str(tmp_path / "tfds")
+  with pytest.MonkeyPatch.context() as patch:  # writes a checkpoint as trainer did before fingerprints
+    patch.setattr(train, "_fingerprint_slot", lambda checkpoint_dir: {})
+    _run(tmp_path / "run", data_dir, "train")
+  assert "data_fingerprint/.ATTRIBUTES/VARIABLE_VALUE" not in processes.checkpoint_state(tmp_path / "run")
+  assert _run(tmp_path / "run", data_dir, "test", train_steps=4).update == 4  # restored (no data to compare with)
