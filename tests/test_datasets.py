@@ -126,3 +126,15 @@ def test_auto_keeps_a_small_split_in_memory_and_sends_a_large_one_to_disk(tmp_pa
       datasets.open_split("digits", "train", str(tmp_path))
     loaded[limit] = bool(calls)
   assert loaded == {small: True, small - 1: False}  # into memory; read from disk
+
+
+def test_a_dataset_prepared_only_as_array_record_is_read_from_disk(tmp_path):
+  from benchmarks import input as synthetic  # pylint: disable=import-outside-toplevel  (writes ArrayRecord only)
+  synthetic.write_synthetic(str(tmp_path), 40, shards=2)  # 0.5 MiB: 'auto' would keep it in memory
+  read = datasets.tfds_examples(tf.range(40, dtype=tf.int64), name="synthetic64", data_dir=str(tmp_path),
+                                preprocess=lambda features, _: features)
+  assert sorted(read["label"].numpy().tolist()) == sorted(i % 10 for i in range(40))
+  assert read["image"].shape == (40, 64, 64, 3)
+  datasets.open_split.cache_clear()
+  with pytest.raises(UserError, match="^TFDS dataset 'synthetic64' is prepared only as ArrayRecord files.*'disk'"):
+    datasets.open_split("synthetic64", "train", str(tmp_path), source="memory")

@@ -137,9 +137,14 @@ def open_split(name: str, split: str, data_dir: str | None = None, download: boo
   builder = prepared(name, data_dir, download)
   _check_split(builder, name, split)
   fingerprint = fingerprints.describe(builder, split) if builder.info.splits else f"{name} {split} (mock)"
-  if source == "auto":
+  only_array_record = builder.info.splits and builder.info.as_proto.file_format == records.ARRAY_RECORD
+  if source == "auto":  # (as_dataset, which loads the memory path, cannot read ArrayRecord files)
     decoded = _decoded_bytes(builder, split)
-    source = "memory" if decoded is not None and decoded <= MEMORY_LIMIT_BYTES else "disk"
+    small = decoded is not None and decoded <= MEMORY_LIMIT_BYTES
+    source = "memory" if small and not only_array_record else "disk"
+  elif source == "memory" and only_array_record:
+    raise UserError(f"TFDS dataset '{name}' is prepared only as ArrayRecord files, which TFDS cannot load into "
+                    "memory: use tfds_examples.source = 'disk' (or 'auto')")
   logging.info("tfds_examples: %s '%s' from %s (source=%s; tfds_examples.source chooses)", name, split,
                "host memory" if source == "memory" else "ArrayRecord files on disk", source)
   if source == "memory":
