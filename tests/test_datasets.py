@@ -16,8 +16,10 @@ from trainer.errors import UserError
 @pytest.fixture(autouse=True)
 def _fresh_cache():
   datasets.load.cache_clear()
+  datasets.open_split.cache_clear()  # (mock data of another size under the same name, split and data_dir)
   yield
   datasets.load.cache_clear()
+  datasets.open_split.cache_clear()
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 10, 257, 1497, 4096])
@@ -104,3 +106,35 @@ def test_each_epoch_read_through_tfds_examples_is_a_different_full_pass():
   first, second = images[:40], images[40:]
   assert len(set(first)) == 40 and set(first) == set(second)  # each epoch reads every example once
   assert first != second  # in another order: the epoch (index // N) reaches the shuffle
+
+
+def test_an_unknown_source_is_one_line(tmp_path):
+  with pytest.raises(UserError, match=r"^tfds_examples.source = 'ram' is not one of 'auto', 'memory', 'disk'\n"):
+    datasets.tfds_examples(tf.range(4, dtype=tf.int64), data_dir=str(tmp_path), source="ram")
+
+
+def test_auto_keeps_a_small_split_in_memory_and_sends_a_large_one_to_disk(tmp_path, monkeypatch):
+  small = datasets._decoded_bytes(datasets.prepared("digits", str(tmp_path)), "train")
+  assert small == 1497 * (8 * 8 * 1 + 8)  # uint8 pixels and an int64 label
+  loaded = {}
+  for limit in (small, small - 1):  # at the limit, and one byte under the split's size
+    monkeypatch.setattr(datasets, "MEMORY_LIMIT_BYTES", limit)
+    with pytest.MonkeyPatch.context() as patch:
+      calls = []
+      patch.setattr(datasets, "load", lambda *args, calls=calls: calls.append(args) or {"label": np.zeros(3)})
+      datasets.open_split.cache_clear()
+      datasets.open_split("digits", "train", str(tmp_path))
+    loaded[limit] = bool(calls)
+  assert loaded == {small: True, small - 1: False}  # into memory; read from disk
+
+
+def test_a_dataset_prepared_only_as_array_record_is_read_from_disk(tmp_path):
+  from benchmarks import input as synthetic  # pylint: disable=import-outside-toplevel  (writes ArrayRecord only)
+  synthetic.write_synthetic(str(tmp_path), 40, shards=2)  # 0.5 MiB: 'auto' would keep it in memory
+  read = datasets.tfds_examples(tf.range(40, dtype=tf.int64), name="synthetic64", data_dir=str(tmp_path),
+                                preprocess=lambda features, _: features)
+  assert sorted(read["label"].numpy().tolist()) == sorted(i % 10 for i in range(40))
+  assert read["image"].shape == (40, 64, 64, 3)
+  datasets.open_split.cache_clear()
+  with pytest.raises(UserError, match="^TFDS dataset 'synthetic64' is prepared only as ArrayRecord files.*'disk'"):
+    datasets.open_split("synthetic64", "train", str(tmp_path), source="memory")

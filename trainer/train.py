@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import actions, checkpoints
+from trainer import actions, checkpoints, fingerprints
 from trainer.controller import Checkpointer, Controller
 from trainer.cycle import CycleLoop
 from trainer.data import ExamplesFn, distributed_iterator
@@ -25,6 +25,9 @@ from trainer.state import State, build  # noqa: F401  (State: part of train's in
 from trainer.step import LossFn, PhaseLoop
 from trainer.strategy import is_chief
 from trainer.telemetry import Telemetry
+
+
+_FINGERPRINT = "data_fingerprint"  # the checkpoint's name for trainer.fingerprints' string
 
 
 @dataclasses.dataclass
@@ -73,6 +76,31 @@ def _check_writable(model_dir: str) -> None:
   except (tf.errors.OpError, OSError) as e:
     raise UserError(f"--model_dir={model_dir} is not writable ({type(e).__name__}); choose a directory you can "
                     "write to") from e
+
+
+def _fingerprint_slot(checkpoint_dir: str) -> dict[str, tf.Variable]:
+  """{'data_fingerprint': a string variable} for the checkpoint (trainer.fingerprints), or {} when the run resumes
+  a checkpoint written before fingerprints existed, which would not restore with it (that run stays unchecked)."""
+  latest = tf.train.latest_checkpoint(checkpoint_dir)
+  try:
+    old = bool(latest) and f"{_FINGERPRINT}/.ATTRIBUTES/VARIABLE_VALUE" not in (
+        tf.train.load_checkpoint(latest).get_variable_to_shape_map())
+  except (tf.errors.OpError, ValueError):  # unreadable: restore_latest says so, naming the files
+    old = False
+  return {} if old else {_FINGERPRINT: tf.Variable("", dtype=tf.string, trainable=False, name=_FINGERPRINT)}
+
+
+def _input(strategy: tf.distribute.Strategy, examples: ExamplesFn, global_batch_size: int, micro_batch: tf.Variable,
+           fingerprint: Mapping[str, tf.Variable], checkpoint_dir: str) -> tf.distribute.DistributedIterator:
+  """The input from the restored micro-batch on, refused (before anything is saved) when the data it reads is not
+  the data the checkpoint was trained on; the fingerprint variable then holds the current data's for the next save."""
+  with fingerprints.collecting() as found:  # the ExamplesFn notes its data while the pipelines are built
+    iterator = distributed_iterator(strategy, examples, global_batch_size, int(micro_batch.numpy()))
+  current = fingerprints.combine(found)
+  for variable in fingerprint.values():
+    fingerprints.check(variable.numpy().decode(), current, checkpoint_dir)
+    variable.assign(current)
+  return iterator
 
 
 @gin.configurable(denylist=["model_dir", "strategy", "stall_timeout"])
@@ -152,8 +180,9 @@ def train(
   watchdog, preemption = Watchdog(stall_timeout, on_exit=remove_scratch), Preemption(strategy)
   try:
     scales = {f"loss_scale_{name}": scale for name, scale in state.loss_scales.items()}
-    manager = checkpoints.make_manager(save_dir, state.models, state.optimizers, {**state.counters, **scales},
-                                       keep_checkpoints)
+    fingerprint = _fingerprint_slot(checkpoint_dir)
+    manager = checkpoints.make_manager(save_dir, state.models, state.optimizers,
+                                       {**state.counters, **scales, **fingerprint}, keep_checkpoints)
     checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
     start = int(state.counters["update"].numpy())
     if start >= train_steps:
@@ -162,7 +191,7 @@ def train(
       on_setup(model_dir)
     logging.info("training %s with %s on %d replica(s), global batch %d, from update %d of %d", ", ".join(state.models),
                  schedule, strategy.num_replicas_in_sync, global_batch_size, start, train_steps)
-    iterator = distributed_iterator(strategy, examples, global_batch_size, int(state.counters["micro_batch"].numpy()))
+    iterator = _input(strategy, examples, global_batch_size, state.counters["micro_batch"], fingerprint, checkpoint_dir)
     make_loop = lambda phase: PhaseLoop(strategy, state.models, phase.model, state.optimizers[phase.model],
                                         losses[phase.model], phase.micro_batches, global_batch_size, state.counters,
                                         state.loss_scales.get(phase.model))

@@ -5,12 +5,17 @@ The images ship inside the scikit-learn wheel, so preparing the dataset download
 there. Pixel values 0..16 are stored as uint8 0..255 (x 255/16, rounded). The split is fixed: a permutation seeded
 with 0 puts 300 images (30 per class) in 'test' and the other 1,497 in 'train'.
 
+It is prepared in both file formats: TFRecord (read into memory by `builder.as_dataset`) and an ArrayRecord copy
+of the same records (read from disk by position, trainer.records), so either input path of
+`tfds_examples.source` runs on it and they can be compared.
+
 It lives inside the `trainer` package on purpose: TFDS builders in a top-level module cannot find their metadata.
 """
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from trainer import records
 from trainer.errors import UserError
 
 TEST_PER_CLASS = 30
@@ -45,12 +50,19 @@ class Digits(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
+            # (PNG is what TFDS writes for arrays anyway; declared, the disk reader decodes it in one op per image)
+            "image": tfds.features.Image(shape=(8, 8, 1), encoding_format="png"),
             "label": tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=("image", "label"),
         homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
     )
+
+  def download_and_prepare(self, **kwargs) -> None:  # pylint: disable=arguments-differ
+    """TFDS's preparation (TFRecord files), then the ArrayRecord copy beside it if it is not there yet."""
+    super().download_and_prepare(**kwargs)
+    if not records.has_array_record(self):
+      records.add_array_record(self)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
