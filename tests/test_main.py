@@ -142,7 +142,7 @@ def test_one_two_and_four_cpu_replicas_end_on_the_same_weights(tmp_path):
 
 @pytest.mark.slow
 def test_default_job_draws_every_digit_the_fixed_classifier_recognises(tmp_path):
-  # The README's headline result (~1.5 min). Training is deterministic on CPU, so this is not flaky.
+  # The README's headline result (~30 s). Training is deterministic on CPU, so this is not flaky.
   result = run_cli("--gin_file=configs/gan_digits.gin", f"--model_dir={tmp_path}", timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   final = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")][-1]
