@@ -16,10 +16,13 @@ import os
 import re
 import sys
 import tempfile
+import traceback
 from typing import Iterator
 
 from absl import flags
 from absl import logging as absl_logging
+
+from trainer.errors import Stop
 
 # TensorFlow's C++ prints these on every start, before TF_CPP_MIN_LOG_LEVEL applies; none asks anything of the user.
 _CHATTER = (r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$|"
@@ -96,3 +99,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 def positive_seconds(value: float) -> bool:
   """For flags.register_validator: a finite number of seconds > 0 (NaN and inf are not)."""
   return math.isfinite(value) and value > 0
+
+
+@contextlib.contextmanager
+def exit_on_stop() -> Iterator[None]:
+  """Within: a trainer Stop (bad input, failed training, a cluster fault, a preemption) ends the process with its
+  one line on stderr and its documented exit code; `--verbosity=1` adds the traceback."""
+  try:
+    yield
+  except Stop as e:
+    if absl_logging.get_verbosity() >= 1:
+      traceback.print_exc()
+    print(f"{e.label}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+    sys.exit(e.exit_code)

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from trainer.errors import ClusterFault, Preempted, TrainingFailed
 from trainer.faults import Preemption, Watchdog
-from trainer.schedule import Phase, Schedule
 from trainer.cycle import CycleLoop
+from trainer.schedule import Phase, Schedule
 from trainer.step import PhaseLoop
 from trainer.telemetry import Telemetry
 

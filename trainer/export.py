@@ -17,7 +17,6 @@ killed between the renames, the previous export is still whole, as export.old-*.
 
 import os
 import shutil
-import sys
 import uuid
 from typing import Iterable, Mapping
 
@@ -26,8 +25,8 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from trainer import checkpoints, config, dropout
-from trainer.errors import Stop, UserError, did_you_mean
+from trainer import checkpoints, config, console, dropout
+from trainer.errors import UserError, did_you_mean
 from trainer.state import build
 from trainer.update import averaged_weights
 
@@ -121,10 +120,8 @@ def from_checkpoint(model_dir: str, model: str | None = None) -> str:
 def main(argv: list[str]) -> None:
   del argv
   try:
-    print(from_checkpoint(flags.FLAGS.model_dir, flags.FLAGS.model))
-  except Stop as e:
-    print(f"{e.label}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-    sys.exit(e.exit_code)
+    with console.exit_on_stop():
+      print(from_checkpoint(flags.FLAGS.model_dir, flags.FLAGS.model))
   finally:
     gin.clear_config()
 

@@ -7,12 +7,10 @@ traceback.
 """
 
 import os
-import sys
-import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: hide C++ start-up chatter
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from trainer import console  # noqa: E402
 
@@ -21,7 +19,7 @@ console.import_tensorflow_quietly()  # before anything imports TensorFlow: its s
 import gin  # noqa: E402
 
 from trainer import config, strategy, train  # noqa: E402
-from trainer.errors import Stop, UserError  # noqa: E402
+from trainer.errors import UserError  # noqa: E402
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s); repeatable, later files win.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings 'NAME=VALUE'; repeatable, override files.")
@@ -56,14 +54,10 @@ def run() -> None:
 
 def main(argv: list[str]) -> None:
   try:
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
-    run()
-  except Stop as e:
-    if logging.get_verbosity() >= 1:
-      traceback.print_exc()
-    print(f"{e.label}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-    sys.exit(e.exit_code)
+    with console.exit_on_stop():
+      if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
+      run()
   finally:
     gin.clear_config()
 

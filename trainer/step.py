@@ -24,6 +24,7 @@ from trainer.precision import LossScale
 
 _ALL_REDUCE_OPS = frozenset({"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "NcclAllReduce"})
 
+
 class Span(NamedTuple):
   """What one compiled call did: the updates applied, the figure rows [updates, figures] of each loop that trained
   (in the loop's `figure_names`), and, when it stopped early, the loop and row of the window it did not apply."""
@@ -201,7 +202,7 @@ class PhaseLoop:
       applied += 1
     return rows.stack(), applied
 
-  def run(self, iterator, offset: int, n: int) -> "Span":
+  def run(self, iterator, offset: int, n: int) -> Span:
     """Runs `n` updates in one compiled call (`offset`, the position in the phase, changes nothing here)."""
     del offset
     rows, applied = self.loop(iterator, tf.constant(n, tf.int32))
