@@ -17,7 +17,6 @@ and runs each topology in one process; its figures are not the ones to quote.
 """
 
 import dataclasses
-import inspect
 import json
 import os
 import platform
@@ -46,7 +45,8 @@ _INTER = flags.DEFINE_integer("inter_op_threads", 0, "Ops run at once (TF_NUM_IN
 _JOB = {field: flags.DEFINE_integer(field, None, f"Override the job's {field} (benchmarks.runs.Job).")
         for field in ("width", "global_batch_size", "micro_batches", "critic_updates", "generator_updates",
                       "warmup_cycles", "timed_cycles")}
-_COMPARE_JIT = flags.DEFINE_bool("compare_jit", False, "Add a trainer row with PhaseLoop.jit_compile flipped.")
+_COMPARE_JIT = flags.DEFINE_bool("compare_jit", False, "Add a trainer row with PhaseLoop.jit_compile the opposite "
+                                  "of its 'auto' choice (XLA on CPU replicas).")
 _COMPARE_SPAN = flags.DEFINE_bool("compare_span", False, "Add a trainer row whose calls end at every phase "
                                   "boundary (train.span_phases=False: trainer before one program ran the cycle).")
 _COMPARE = flags.DEFINE_string("compare", None, "A JSON file an earlier run wrote with --output: also print each "
@@ -87,7 +87,7 @@ def _run(name: str, label: str, job, distribution) -> dict:
   """Runs one (row, variant) of `plan` in this process and returns its figures."""
   # The parent never imports TensorFlow.
   from benchmarks import runs as bench_runs  # pylint: disable=import-outside-toplevel
-  from trainer.step import PhaseLoop  # pylint: disable=import-outside-toplevel
+  from trainer.strategy import replicas_on_cpu  # pylint: disable=import-outside-toplevel
 
   jit = label.startswith("jit_compile=True")
   if name == "trainer":
@@ -95,7 +95,7 @@ def _run(name: str, label: str, job, distribution) -> dict:
   if name == "trainer(span_phases=False)":
     return bench_runs.run_trainer(job, distribution, span_phases=False)
   if name.startswith("trainer("):
-    flipped = not inspect.signature(PhaseLoop.__init__).parameters["jit_compile"].default
+    flipped = replicas_on_cpu(distribution)  # the opposite of PhaseLoop's "auto": XLA on CPU, off on GPU
     return {**bench_runs.run_trainer(job, distribution, flipped), "jit_compile": flipped}
   if name == "keras_fit":
     return bench_runs.run_keras_fit(job, distribution, jit, None if distribution.num_replicas_in_sync == 1 else 1)

@@ -64,7 +64,7 @@ class Job:
 # The default job's sizes (configs/gan_digits.gin: MLPs 2 x 256, G=64, K=1, critic 1 : generator 1): updates so
 # short that what the outer loop costs per update decides the speed.
 SMALL = Job(width=256, depth=2, global_batch_size=64, micro_batches=1, critic_updates=1, generator_updates=1,
-            warmup_cycles=20, timed_cycles=200)
+            warmup_cycles=20, timed_cycles=1000)
 JOBS = {"big": Job(), "small": SMALL}
 QUICK = Job(width=128, global_batch_size=64, micro_batches=2, warmup_cycles=5, timed_cycles=20)
 QUICK_JOBS = {"big": QUICK, "small": dataclasses.replace(SMALL, width=64, warmup_cycles=5, timed_cycles=20)}

@@ -4,6 +4,7 @@ Resume from a checkpoint taken mid-cycle is tests/test_train.py's resume test (i
 preemption mid-cycle on every worker is tests/test_multi_worker.py's.
 """
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -37,7 +38,9 @@ def test_calls_across_phases_end_bit_for_bit_where_calls_cut_at_every_phase_end(
   assert all(int(spanning.optimizers[p[0]].iterations.numpy()) > 0 for p in schedule["cycle"])
 
 
-def test_the_cycle_program_holds_one_all_reduce_per_window_and_traces_once(tmp_path):
+@pytest.mark.parametrize("jit_compile", [True, False])  # on GPU replicas and on CPU ones
+def test_the_cycle_program_holds_one_all_reduce_per_window_and_traces_once(tmp_path, jit_compile):
+  gin.bind_parameter("PhaseLoop.jit_compile", jit_compile)
   # (a, K=3) appears twice in the cycle and shares one branch; calls of 3 start at every cycle position
   run = toy.run(tmp_path, replicas=2, cycle=[("a", 2, 3), ("b", 1), ("a", 1, 3)], train_steps=11,
                 steps_per_loop=3)

@@ -1,9 +1,11 @@
 """trainer.data: per-example randomness and the index-addressed per-replica stream."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from trainer import data
+from trainer.errors import UserError
 
 
 def test_random_numbers_depend_only_on_seed_index_and_stream():
@@ -25,19 +27,28 @@ def test_uniform_and_normal_have_the_right_moments():
   assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01  # neighbouring indices are independent
 
 
-def _indices(pipeline: int, pipelines: int, replicas: int, global_batch: int, start: int, elements: int):
+def _indices(pipeline: int, pipelines: int, replicas: int, global_batch: int, start: int, elements: int,
+             chunk_examples: int = 1024):
   context = tf.distribute.InputContext(pipelines, pipeline, replicas)
-  ds = data.micro_batch_dataset(lambda i: i, context, global_batch, start)
+  ds = data.micro_batch_dataset(lambda i: i, context, global_batch, start, chunk_examples=chunk_examples)
   return [x.numpy() for x in ds.take(elements)]
 
 
-def test_replicas_of_a_micro_batch_cover_its_global_examples_exactly_once():
+@pytest.mark.parametrize("chunk_examples", [1, 6, 1024])  # 1, 3 and 512 elements per call of the examples
+def test_replicas_of_a_micro_batch_cover_its_global_examples_exactly_once(chunk_examples):
   # 2 pipelines (workers) x 2 local replicas, global batch 8, starting at micro-batch 5.
-  p0 = _indices(0, 2, 4, 8, start=5, elements=4)
-  p1 = _indices(1, 2, 4, 8, start=5, elements=4)
-  for m in range(2):  # each pipeline yields its 2 replicas' shares of micro-batch 5 + m, in replica order
+  p0 = _indices(0, 2, 4, 8, start=5, elements=8, chunk_examples=chunk_examples)
+  p1 = _indices(1, 2, 4, 8, start=5, elements=8, chunk_examples=chunk_examples)
+  for m in range(4):  # each pipeline yields its 2 replicas' shares of micro-batch 5 + m, in replica order
     shares = [p0[2 * m], p0[2 * m + 1], p1[2 * m], p1[2 * m + 1]]
     np.testing.assert_array_equal(np.concatenate(shares), np.arange(8 * (5 + m), 8 * (6 + m)))
+
+
+def test_a_batch_of_another_length_than_its_indices_is_named():
+  context = tf.distribute.InputContext()
+  with pytest.raises(UserError, match=r"returned a tensor of shape \(1, 2\) for 1024 indices; every tensor of its "
+                     "batch must have one row per index"):
+    data.micro_batch_dataset(lambda i: {"x": tf.zeros([1, 2])}, context, 2, 0)
 
 
 def test_one_replica_sees_the_same_examples():

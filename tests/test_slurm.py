@@ -25,9 +25,9 @@ from tests.processes import REPO, checkpoint_state, max_diff
 from trainer.faults import Preemption
 
 SBATCH = os.path.join(REPO, "launch", "slurm.sbatch")
-STEPS = 600
-TRAINER_ARGS = [f"--gin_bindings=TRAIN_STEPS={STEPS}", "--gin_bindings=train.log_every=100",
-                "--gin_bindings=train.eval_every=0", "--gin_bindings=train.checkpoint_every=200",
+STEPS = 300
+TRAINER_ARGS = [f"--gin_bindings=TRAIN_STEPS={STEPS}", "--gin_bindings=train.log_every=50",
+                "--gin_bindings=train.eval_every=0", "--gin_bindings=train.checkpoint_every=100",
                 "--gin_bindings=train.steps_per_loop=20"]
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "scancel", "sinfo")
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
@@ -191,12 +191,12 @@ def _progress(model_dir) -> int:
 
 
 def _unscheduled_checkpoint(model_dir) -> str | None:
-  """A checkpoint written for a signal: one whose update is not a multiple of train.checkpoint_every (200)."""
+  """A checkpoint written for a signal: one whose update is not a multiple of train.checkpoint_every (100)."""
   try:
     names = os.listdir(model_dir / "checkpoints")
   except OSError:
     return None
-  return next((n for n in names if re.fullmatch(r"ckpt-\d+\.index", n) and int(n[5:-6]) % 200), None)
+  return next((n for n in names if re.fullmatch(r"ckpt-\d+\.index", n) and int(n[5:-6]) % 100), None)
 
 
 def _task_pid(job_id: str, rank: int) -> int | None:
@@ -250,7 +250,7 @@ def test_the_time_limit_signal_saves_requeues_and_the_job_ends_on_the_uninterrup
                                                                                              uninterrupted):
   model_dir, log = tmp_path / "run", tmp_path / "job.log"
   job_id = slurm.submit(model_dir, log, *TRAINER_ARGS)
-  _wait(lambda: _progress(model_dir) >= 100, 120, "update 100", interval=0.05)
+  _wait(lambda: _progress(model_dir) >= 150, 120, "update 150", interval=0.05)  # between the checkpoints
   # What --signal=B:<SIG>@N delivers before the time limit: the declared signal, to the batch shell only.
   signalled = time.time()
   slurm.command("scancel", f"--signal={_declared_warning()}", "--batch", job_id)
@@ -264,11 +264,11 @@ def test_the_time_limit_signal_saves_requeues_and_the_job_ends_on_the_uninterrup
   saved = [int(u) for u in re.findall(r"preempted: SIGUSR1 received; saved update (\d+) of", output)]
   assert len(saved) == 2 and saved[0] == saved[1], output[-3000:]  # both tasks, at the same update
   update = saved[0]
-  assert 100 <= update < STEPS and update % 200, update  # not a checkpoint_every multiple: saved for the signal
+  assert 150 <= update < STEPS and update % 100, update  # not a checkpoint_every multiple: saved for the signal
   assert f"from update {update} of {STEPS}" in output, output[-3000:]  # the requeued job resumed there
   assert checkpoint == f"ckpt-{update}.index", checkpoint
   diff = max_diff(uninterrupted[0], checkpoint_state(model_dir))
-  print(f"time-limit signal after update 100: saved update {update} {saved_after:.2f} s after the signal, requeued "
+  print(f"time-limit signal after update 150: saved update {update} {saved_after:.2f} s after the signal, requeued "
         f"{requeued_after:.1f} s after it; max |w(uninterrupted) - w(requeued)| = {diff:.3g}")
   assert diff <= 1e-6, diff
   assert saved_after < 20, saved_after
@@ -279,8 +279,8 @@ def test_a_task_killed_with_sigkill_restarts_the_step_and_the_job_ends_on_the_un
     slurm, tmp_path, uninterrupted):
   model_dir, log = tmp_path / "run", tmp_path / "job.log"
   job_id = slurm.submit(model_dir, log, *TRAINER_ARGS)
-  _wait(lambda: os.path.exists(model_dir / "checkpoints" / "ckpt-200.index") and _progress(model_dir) >= 200, 120,
-        "the checkpoint of update 200", interval=0.05)
+  _wait(lambda: os.path.exists(model_dir / "checkpoints" / "ckpt-100.index") and _progress(model_dir) >= 100, 120,
+        "the checkpoint of update 100", interval=0.05)
   killed = time.monotonic()
   os.kill(_wait(lambda: _task_pid(job_id, 1), 10, "task 1's pid"), signal.SIGKILL)
   _wait(lambda: "restarting all tasks" in log.read_text(), 60, "the script to restart the step", interval=0.05)
@@ -293,9 +293,9 @@ def test_a_task_killed_with_sigkill_restarts_the_step_and_the_job_ends_on_the_un
   assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("COMPLETED", "0:0", "0"), output[-3000:]
   assert "the step exited with" in output and output.count("restarting all tasks") == 1, output[-3000:]
   resumed_at = int(re.findall(r"from update (\d+) of", output.split("restarting all tasks")[1])[0])
-  assert 200 <= resumed_at < STEPS and resumed_at % 200 == 0, resumed_at  # the last periodic checkpoint
+  assert 100 <= resumed_at < STEPS and resumed_at % 100 == 0, resumed_at  # the last periodic checkpoint
   diff = max_diff(uninterrupted[0], checkpoint_state(model_dir))
-  print(f"SIGKILL of task 1 after update 200: step restarted {restarted:.1f} s later, training again from update "
+  print(f"SIGKILL of task 1 after update 100: step restarted {restarted:.1f} s later, training again from update "
         f"{resumed_at} {resumed:.1f} s after the kill; max |w(uninterrupted) - w(restarted)| = {diff:.3g}")
   assert diff <= 1e-6, diff
 

@@ -2,11 +2,13 @@
 
 import functools
 
+import gin
 import keras
 import numpy as np
 import pytest
 
 from tests import graphs, toy
+from trainer.errors import UserError
 
 
 # Adam is nearly invariant to a constant factor on the gradient, so a wrong loss scale (per-replica instead of
@@ -22,16 +24,23 @@ def test_accumulating_k_micro_batches_equals_one_k_times_larger_batch(tmp_path, 
   assert toy.max_diff(toy.weights(one_batch), toy.weights(fresh)) > 1e-3
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_two_replicas_end_on_the_weights_of_one(tmp_path, optimizer):
-  # In one process every multi-replica strategy must have the same size (TF reuses collective group keys across
-  # strategies); 4 replicas are compared through trainer.main in tests/test_main.py.
-  replicas = 2
+@pytest.mark.parametrize("optimizer, jit_compile", [("adam", "auto"), ("sgd", "auto"), ("sgd", True)])
+def test_two_replicas_end_on_the_weights_of_one(tmp_path, optimizer, jit_compile):
+  gin.bind_parameter("PhaseLoop.jit_compile", jit_compile)
+  replicas = 2  # 4 replicas are compared through trainer.main in tests/test_main.py
   kwargs = dict(cycle=[("a", 2, 2), ("b", 1, 3)], global_batch_size=16, train_steps=7, optimizer=optimizer)
   one = toy.run(tmp_path / "r1", replicas=1, **kwargs)
   many = toy.run(tmp_path / f"r{replicas}", replicas=replicas, **kwargs)
   diff = toy.max_diff(toy.weights(one), toy.weights(many))
   assert diff <= 1e-6, diff
+
+
+def test_jit_compile_auto_is_plain_graphs_on_cpu_replicas_and_a_typo_is_one_line(tmp_path):
+  run = toy.run(tmp_path / "auto", cycle=[("a", 1), ("b", 1)], train_steps=2)
+  assert [loop.jit_compile for loop in run.loops.values()] == [False, False]
+  gin.bind_parameter("PhaseLoop.jit_compile", "yes")
+  with pytest.raises(UserError, match=r"^PhaseLoop.jit_compile = 'yes': use True, False or 'auto'\n"):
+    toy.run(tmp_path / "typo", train_steps=1)
 
 
 def test_critic_5_generator_1_updates_only_the_active_model(tmp_path):
@@ -68,7 +77,10 @@ def test_each_phase_traces_once(tmp_path):
   assert [loop.traces for loop in run.loops.values()] == [1, 1]
 
 
-def test_one_packed_all_reduce_per_update_carries_gradients_and_figures(tmp_path):
+# XLA is what "auto" picks on GPU replicas, plain graphs on CPU ones: both are checked here on CPU devices.
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_one_packed_all_reduce_per_update_carries_gradients_and_figures(tmp_path, jit_compile):
+  gin.bind_parameter("PhaseLoop.jit_compile", jit_compile)
   run = toy.run(tmp_path, replicas=2, cycle=[("a", 2, 3), ("b", 1)], train_steps=3, span_phases=False)
   assert {key: loop.collectives_per_update() for key, loop in run.loops.items()} == {("a", 3): 1, ("b", 1): 1}
   # ... and each replica's update reads the all-reduce result on its own device: no copy from replica 0

@@ -11,7 +11,7 @@ from tensorflow.python.distribute.collective_all_reduce_strategy import Collecti
 
 from launch.local import free_ports
 from tests.processes import REPO, checkpoint_state
-from trainer.strategy import cluster_resolver, task_addresses
+from trainer.strategy import cluster_resolver, replicas_on_cpu, task_addresses
 
 SLURM_STEP = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
               "TRAINER_SLURM_PORT_BASE": "9000"}
@@ -27,6 +27,15 @@ def _environ(monkeypatch, variables):
     monkeypatch.delenv(name)
   for name, value in variables.items():
     monkeypatch.setenv(name, value)
+
+
+def test_replicas_on_cpu_reads_the_replicas_device_type():
+  """What PhaseLoop.jit_compile = 'auto' and the input prefetch decide by; a GPU strategy cannot be built here, so
+  its device list is given as MirroredStrategy would hold it."""
+  assert replicas_on_cpu(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+  class _Extended:  # pylint: disable=too-few-public-methods
+    worker_devices = ("/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:1")
+  assert not replicas_on_cpu(type("GpuStrategy", (), {"extended": _Extended()})())
 
 
 def test_a_slurm_step_of_several_tasks_is_a_cluster(monkeypatch):

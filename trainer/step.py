@@ -21,6 +21,7 @@ from trainer import dropout, update
 from trainer.accumulate import accumulate_gradients
 from trainer.errors import UserError
 from trainer.precision import LossScale
+from trainer.strategy import replicas_on_cpu
 
 _ALL_REDUCE_OPS = frozenset({"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "NcclAllReduce"})
 
@@ -69,13 +70,20 @@ class PhaseLoop:
       global_batch_size: int,
       counters: Mapping[str, tf.Variable],
       loss_scale: LossScale | None = None,
-      jit_compile: bool = True,
+      jit_compile: bool | str = "auto",
       replica_update: bool = True,
   ):
-    """`jit_compile` compiles each replica's window (the K forward and backward passes) and its update with XLA.
+    """`jit_compile` compiles each replica's window (the K forward and backward passes) and its update with XLA;
+    "auto" (Keras's default too) does so on GPU and TPU replicas, not on CPU ones, where XLA's code ran slower than
+    TensorFlow's kernels for every job measured (README, Performance).
     `replica_update` False applies the reduced gradient with Keras's `apply_gradients` in cross-replica context
     instead (a broadcast from replica 0 on several devices, no clipping), for optimizers trainer.update cannot
     take apart. `loss_scale` (float16 models) scales the loss and skips windows whose gradient overflows."""
+    if jit_compile not in (True, False, "auto"):
+      raise UserError(f"PhaseLoop.jit_compile = {jit_compile!r}: use True, False or 'auto'")
+    if jit_compile == "auto":
+      jit_compile = not replicas_on_cpu(strategy)
+    self.jit_compile = jit_compile
     (update.check if replica_update else update.check_keras_apply)(name, optimizer)
     update.check_model(name, models[name], jit_compile, micro_batches)
     if loss_scale is not None and not replica_update:
@@ -97,9 +105,8 @@ class PhaseLoop:
     self._graph = None
     # With one replica in sync the all-reduce is the identity, so the window and the update can be one program.
     self._alone = strategy.num_replicas_in_sync == 1 and replica_update
-    self._window_fn, self._update_fn, self._fused_fn = self._window, self._update, self._fused
-    if jit_compile:
-      self._window_fn, self._update_fn, self._fused_fn = map(_placed, (self._window, self._update, self._fused))
+    placed = lambda fn: _placed(fn, jit_compile)
+    self._window_fn, self._update_fn, self._fused_fn = map(placed, (self._window, self._update, self._fused))
     self.loop = tf.function(self._loop)
 
   def _objective(self, batch):
@@ -232,8 +239,9 @@ def count_collectives(graph: tf.Graph) -> int:
   return sum(n.op in _ALL_REDUCE_OPS for n in nodes)
 
 
-def _placed(fn: Callable) -> Callable:
-  """`fn` compiled with XLA, its results placed on the replica's device by identity(): a called function's outputs
-  carry no device, and the all-reduce and the loop take their devices from them."""
-  compiled = tf.function(fn, jit_compile=True)
+def _placed(fn: Callable, jit_compile: bool) -> Callable:
+  """`fn` as a function of its own (with `jit_compile`, an XLA program), its results placed on the replica's device
+  by identity(): a called function's outputs carry no device, and the all-reduce and the loop take their devices
+  from them. Without XLA the runtime inlines the call; the traced graph keeps it, for tests/graphs.py to walk."""
+  compiled = tf.function(fn, jit_compile=jit_compile)
   return lambda *args: tf.nest.map_structure(tf.identity, compiled(*args))

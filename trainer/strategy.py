@@ -146,6 +146,11 @@ def make_strategy(name: str = "auto", cpu_replicas: int = 1, startup_timeout: fl
   return tf.distribute.MirroredStrategy([d.name for d in cpus])
 
 
+def replicas_on_cpu(strategy: tf.distribute.Strategy) -> bool:
+  """Whether every replica of this worker runs on a CPU device (what XLA and the input prefetch are chosen by)."""
+  return all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in strategy.extended.worker_devices)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """Whether this task writes checkpoints, summaries and metrics: a 'chief' task, else worker 0, else (one host) yes."""
   resolver = getattr(strategy, "cluster_resolver", None)
