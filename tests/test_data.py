@@ -28,17 +28,18 @@ def test_uniform_and_normal_have_the_right_moments():
 
 
 def _indices(pipeline: int, pipelines: int, replicas: int, global_batch: int, start: int, elements: int,
-             chunk_examples: int = 1024):
+             chunk_bytes: int = 1 << 20):
   context = tf.distribute.InputContext(pipelines, pipeline, replicas)
-  ds = data.micro_batch_dataset(lambda i: i, context, global_batch, start, chunk_examples=chunk_examples)
+  ds = data.micro_batch_dataset(lambda i: i, context, global_batch, start, chunk_bytes=chunk_bytes)
   return [x.numpy() for x in ds.take(elements)]
 
 
-@pytest.mark.parametrize("chunk_examples", [1, 6, 1024])  # 1, 3 and 512 elements per call of the examples
-def test_replicas_of_a_micro_batch_cover_its_global_examples_exactly_once(chunk_examples):
+# elements of 2 int64 indices (16 bytes): 1, 3 and MAX_CHUNK (16) of them per call of the examples function
+@pytest.mark.parametrize("chunk_bytes", [0, 48, 1 << 20])
+def test_replicas_of_a_micro_batch_cover_its_global_examples_exactly_once(chunk_bytes):
   # 2 pipelines (workers) x 2 local replicas, global batch 8, starting at micro-batch 5.
-  p0 = _indices(0, 2, 4, 8, start=5, elements=8, chunk_examples=chunk_examples)
-  p1 = _indices(1, 2, 4, 8, start=5, elements=8, chunk_examples=chunk_examples)
+  p0 = _indices(0, 2, 4, 8, start=5, elements=8, chunk_bytes=chunk_bytes)
+  p1 = _indices(1, 2, 4, 8, start=5, elements=8, chunk_bytes=chunk_bytes)
   for m in range(4):  # each pipeline yields its 2 replicas' shares of micro-batch 5 + m, in replica order
     shares = [p0[2 * m], p0[2 * m + 1], p1[2 * m], p1[2 * m + 1]]
     np.testing.assert_array_equal(np.concatenate(shares), np.arange(8 * (5 + m), 8 * (6 + m)))
@@ -46,7 +47,7 @@ def test_replicas_of_a_micro_batch_cover_its_global_examples_exactly_once(chunk_
 
 def test_a_batch_of_another_length_than_its_indices_is_named():
   context = tf.distribute.InputContext()
-  with pytest.raises(UserError, match=r"returned a tensor of shape \(1, 2\) for 1024 indices; every tensor of its "
+  with pytest.raises(UserError, match=r"returned a tensor of shape \(1, 2\) for 32 indices; every tensor of its "
                      "batch must have one row per index"):
     data.micro_batch_dataset(lambda i: {"x": tf.zeros([1, 2])}, context, 2, 0)
 

@@ -54,46 +54,60 @@ def normal(indices: tf.Tensor, shape: tuple[int, ...], seed: int, stream: int = 
   return tf.cast(z, tf.float32)
 
 
-@gin.configurable(allowlist=["chunk_examples"])
+MAX_CHUNK = 16  # micro-batches per call of the examples function; more gained nothing measurable
+
+
+@gin.configurable(allowlist=["chunk_bytes"])
 def micro_batch_dataset(
     examples: ExamplesFn, context: tf.distribute.InputContext, global_batch_size: int, start: int,
-    chunk_examples: int = 1024,
+    chunk_bytes: int = 1 << 20,
 ) -> tf.data.Dataset:
   """The endless stream of this input pipeline's per-replica micro-batches, from global micro-batch `start`.
 
   The pipeline feeds its `L` local replicas round-robin (what tf.distribute does with consecutive elements), so
   its element `j` is micro-batch `start + j // L` for global replica `pipeline_id * L + j % L`.
 
-  `examples` is called on the indices of C consecutive elements at once (C = `chunk_examples` // the per-replica
-  batch, at least 1) and its batch cut into C elements: each call of a tf.data map costs tens of microseconds
-  whatever its size, which decides the speed of small models (README, Performance). Every example is a function of
-  its own index, so the elements are the same for any C; `chunk_examples` bounds what one call holds in memory.
+  Small micro-batches are made C at a time: `examples` is called on the indices of C consecutive elements and its
+  batch cut into C elements, C as many (up to MAX_CHUNK) as fit in `chunk_bytes`. A tf.data map call costs tens
+  of microseconds whatever its size, which decides the speed of small models (README, Performance); large
+  micro-batches (C = 1) are made one per call as before, so memory in flight stays bounded. Every example is a
+  function of its own index, so the elements are the same for any C.
   """
   per_replica = context.get_per_replica_batch_size(global_batch_size)
   local = context.num_replicas_in_sync // context.num_input_pipelines
   first_replica = context.input_pipeline_id * local
-  chunk = max(1, chunk_examples // per_replica)
 
-  def indices(c):
-    j = c * chunk + tf.range(chunk, dtype=tf.int64)  # the chunk's elements
+  def indices(j):  # j: a vector of element numbers
     micro_batch = start + j // local
     replica = first_replica + j % local
     first = micro_batch * global_batch_size + replica * per_replica
     return tf.reshape(first[:, None] + tf.range(per_replica, dtype=tf.int64)[None, :], [-1])
 
-  def make(i):
-    batch = with_index(examples(i), i)
-    return tf.nest.map_structure(lambda x: _cut(x, chunk, per_replica), batch)
+  def pipeline(chunk, make):
+    # Infinite and fixed-shape: tf.distribute knows there are no partial batches and adds no sync per next().
+    # (counter(), not range(2**62): a finite cardinality makes MultiWorkerMirroredStrategy all-reduce per next().)
+    return (tf.data.Dataset.counter()
+            .map(lambda c: indices(c * chunk + tf.range(chunk, dtype=tf.int64)))
+            .map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
-  # Infinite and fixed-shape: tf.distribute knows there are no partial batches and adds no sync per next().
-  # (counter(), not range(2**62): a finite cardinality makes MultiWorkerMirroredStrategy all-reduce per next().)
-  return (
-      tf.data.Dataset.counter()
-      .map(indices)
-      .map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      .unbatch()
-      .prefetch(tf.data.AUTOTUNE)
-  )
+  single = pipeline(1, lambda i: with_index(examples(i), i))
+  size = _bytes(single.element_spec)
+  chunk = 1 if size is None else max(1, min(MAX_CHUNK, chunk_bytes // max(size, 1)))
+  if chunk == 1:
+    return single.prefetch(tf.data.AUTOTUNE)
+
+  def make(i):
+    return tf.nest.map_structure(lambda x: _cut(x, chunk, per_replica), with_index(examples(i), i))
+
+  return pipeline(chunk, make).unbatch().prefetch(tf.data.AUTOTUNE)
+
+
+def _bytes(spec) -> int | None:
+  """The bytes of one element of `spec`, None when they are not known before it runs (a dimension, strings)."""
+  specs = tf.nest.flatten(spec)
+  if any(s.shape.num_elements() is None or s.dtype == tf.string for s in specs):
+    return None
+  return sum(s.shape.num_elements() * s.dtype.size for s in specs)
 
 
 def _cut(x: tf.Tensor, chunk: int, per_replica: int) -> tf.Tensor:
