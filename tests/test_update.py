@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from tests import toy
 from trainer import update
-from trainer.errors import UserError
+from trainer.errors import TrainingFailed, UserError
+from trainer.tasks import regression
 
 OPTIMIZERS = {
     "adam": lambda: keras.optimizers.Adam(0.01),
@@ -114,6 +115,22 @@ def test_a_resumed_batchnorm_run_at_2_replicas_ends_bit_for_bit_where_an_uninter
   resumed = _bn_run(tmp_path / "parts", replicas=2, train_steps=2)
   for a, b in zip(whole.models["a"].variables, resumed.models["a"].variables):  # weights and moving statistics
     np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])  # the window and update as one program, and as two around the all-reduce
+def test_a_window_that_stops_the_run_leaves_the_batchnorm_statistics_of_the_update_before_it(tmp_path, replicas):
+  def examples(indices):  # 32 examples per update (16 x K=2): update 2's inputs are NaN
+    batch = regression.regression_examples(indices)
+    return {"x": tf.where(indices[:, None] >= 32, np.nan, batch["x"]), "y": batch["y"]}
+
+  with pytest.raises(TrainingFailed, match=r"at update 2 .*saved as .*ckpt-1"):
+    _bn_run(tmp_path / "nan", replicas=replicas, train_steps=3, examples=examples)
+  _bn_run(tmp_path / "good", replicas=replicas, train_steps=1)
+  saved, good = (tf.train.load_checkpoint(str(tmp_path / d / "checkpoints")) for d in ("nan", "good"))
+  names = [n for n, _ in tf.train.list_variables(str(tmp_path / "good" / "checkpoints")) if "moving_" in n]
+  assert len(names) == 8  # both models' 2 layers' means and variances
+  for name in names:  # bit for bit those of the run that stopped after update 1 (were NaN before the fix)
+    np.testing.assert_array_equal(saved.get_tensor(name), good.get_tensor(name))
 
 
 def test_synchronized_batchnorm_is_refused_where_its_all_reduce_cannot_run():

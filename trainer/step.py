@@ -131,14 +131,17 @@ class PhaseLoop:
     """Replica context: this replica's share of the window gradient and figures. No communication."""
     # The tape watches the tf.Variables that Keras 3 variables wrap.
     variables = [v.value for v in self._model.trainable_variables]
+    statistics = update.moving_statistics(self._model)
+    before = [tf.identity(v.value) for v in statistics]  # read before the forward passes move them
     grads, figures = accumulate_gradients(self._objective, variables, micro_batches)
     # BatchNorm's moving statistics moved on this replica's micro-batches only; their replica mean travels in the
     # window's one all-reduce, after the gradients, and _update sets it on every replica (trainer.update).
     replicas = self._strategy.num_replicas_in_sync
-    return grads + [v.value / replicas for v in update.moving_statistics(self._model)], figures
+    return grads + [v.value / replicas for v in statistics], figures, before
 
-  def _update(self, grads, figures):
+  def _update(self, grads, figures, before):
     """Replica context: checks the reduced window and, if it is good, applies it to this replica's own copy.
+    `before` holds this replica's BatchNorm statistics as they were before the window's forward passes.
 
     Returns (status, figures after the loss's): status 0 applied, 1 skipped (a float16 gradient overflow: the
     scale halves, nothing else changes), 2 stop before this window (a non-finite loss or gradient, or a loss scale
@@ -152,16 +155,19 @@ class PhaseLoop:
     norm = tf.linalg.global_norm(grads)
     loss_finite = tf.reduce_all([tf.math.is_finite(f) for f in figures.values()])
     finite = loss_finite & tf.math.is_finite(norm)
-    update.set_moving_statistics(self._model, statistics)  # also in a skipped window: its forward passes ran
+    skipped = loss_finite & ~finite
+    status = tf.where(finite, 0, 2) if scale is None else tf.where(finite, 0, tf.where(skipped & (scale >= 2.0), 1, 2))
+    # The window's statistics are kept also when it is skipped (its forward passes ran on good inputs); a window
+    # that stops the run leaves them as they were before it, as it leaves the weights, so the last good state
+    # saved is that of the update before it.
+    update.set_moving_statistics(self._model, [tf.where(status < 2, s, b) for s, b in zip(statistics, before)])
     if self.replica_update:
       def apply():
         update.apply(self._optimizer, update.clip(self._optimizer, grads, norm), self._model.trainable_variables)
         return tf.constant(True)
       tf.cond(finite, apply, lambda: tf.constant(False))
     if scale is None:
-      return tf.where(finite, 0, 2), tf.stack([norm])
-    skipped = loss_finite & ~finite
-    status = tf.where(finite, 0, tf.where(skipped & (scale >= 2.0), 1, 2))
+      return status, tf.stack([norm])
     tf.cond(status < 2, lambda: self._loss_scale.next(finite), lambda: self._loss_scale.scale.read_value())
     return status, tf.stack([tf.where(skipped, float("nan"), norm), scale, tf.cast(skipped, tf.float32)])
 
@@ -174,11 +180,11 @@ class PhaseLoop:
       grads = None
       status, tail, figures = self._strategy.run(self._fused_fn, args=(micro_batches,))
     else:
-      grads, figures = self._strategy.run(self._window_fn, args=(micro_batches,))
+      grads, figures, before = self._strategy.run(self._window_fn, args=(micro_batches,))
       # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
       grads, figures = all_reduce_sum(self._strategy, (grads, figures))
       # Every replica updates its own copy from its own reduced values; nothing is broadcast from replica 0.
-      status, tail = self._strategy.run(self._update_fn, args=(grads, figures))
+      status, tail = self._strategy.run(self._update_fn, args=(grads, figures, before))
     local = lambda v: self._strategy.experimental_local_results(v)[0]
     row = tf.concat([tf.stack([local(figures[n]) for n in self.reduced_figures]), local(tail)], 0)
     # All replicas hold the same reduced values, so they all took the same branch. A skipped window (status 1)
@@ -192,8 +198,8 @@ class PhaseLoop:
     return status, row, grads
 
   def _fused(self, micro_batches):
-    grads, figures = self._window(micro_batches)
-    return (*self._update(grads, figures), figures)
+    grads, figures, before = self._window(micro_batches)
+    return (*self._update(grads, figures, before), figures)
 
   def _loop(self, iterator, num_updates):
     self._graph = tf.compat.v1.get_default_graph()  # the FuncGraph being traced, for collectives_per_update
