@@ -45,6 +45,16 @@ def test_replicas_of_a_micro_batch_cover_its_global_examples_exactly_once(chunk_
     np.testing.assert_array_equal(np.concatenate(shares), np.arange(8 * (5 + m), 8 * (6 + m)))
 
 
+def test_small_micro_batches_are_made_several_per_call_and_large_or_unknown_ones_one_per_call():
+  spec = lambda shape, dtype=tf.float32: {"x": tf.TensorSpec(shape, dtype), "index": tf.TensorSpec([64], tf.int64)}
+  assert data.chunk_micro_batches(spec([64, 2]), 1 << 20) == data.MAX_CHUNK  # the small job: 1 KiB each
+  assert data.chunk_micro_batches(spec([64, 256]), 1 << 20) == 15  # 64.5 KiB each
+  assert data.chunk_micro_batches(spec([64, 64, 64, 3]), 1 << 20) == 1  # 3 MiB images: one per call, as before
+  assert data.chunk_micro_batches(spec([64, None]), 1 << 20) == 1
+  assert data.chunk_micro_batches(spec([64], tf.string), 1 << 20) == 1
+  assert data.chunk_micro_batches(spec([64, 2]), 0) == 1
+
+
 def test_a_batch_of_another_length_than_its_indices_is_named():
   context = tf.distribute.InputContext()
   with pytest.raises(UserError, match=r"returned a tensor of shape \(1, 2\) for 32 indices; every tensor of its "

@@ -91,8 +91,7 @@ def micro_batch_dataset(
             .map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
   single = pipeline(1, lambda i: with_index(examples(i), i))
-  size = _bytes(single.element_spec)
-  chunk = 1 if size is None else max(1, min(MAX_CHUNK, chunk_bytes // max(size, 1)))
+  chunk = chunk_micro_batches(single.element_spec, chunk_bytes)
   if chunk == 1:
     return single.prefetch(tf.data.AUTOTUNE)
 
@@ -102,12 +101,14 @@ def micro_batch_dataset(
   return pipeline(chunk, make).unbatch().prefetch(tf.data.AUTOTUNE)
 
 
-def _bytes(spec) -> int | None:
-  """The bytes of one element of `spec`, None when they are not known before it runs (a dimension, strings)."""
-  specs = tf.nest.flatten(spec)
+def chunk_micro_batches(element_spec: Any, chunk_bytes: int) -> int:
+  """How many micro-batches of `element_spec` one call of the examples function makes: as many as fit in
+  `chunk_bytes`, from 1 to MAX_CHUNK; 1 when their size is not known before they are made (a dimension, strings)."""
+  specs = tf.nest.flatten(element_spec)
   if any(s.shape.num_elements() is None or s.dtype == tf.string for s in specs):
-    return None
-  return sum(s.shape.num_elements() * s.dtype.size for s in specs)
+    return 1
+  size = sum(s.shape.num_elements() * s.dtype.size for s in specs)
+  return max(1, min(MAX_CHUNK, chunk_bytes // max(size, 1)))
 
 
 def _cut(x: tf.Tensor, chunk: int, per_replica: int) -> tf.Tensor:
