@@ -144,9 +144,9 @@ class PhaseLoop:
     `before` holds this replica's BatchNorm statistics as they were before the window's forward passes.
 
     Returns (status, figures after the loss's): status 0 applied, 1 skipped (a float16 gradient overflow: the
-    scale halves, nothing else changes), 2 stop before this window (a non-finite loss or gradient, or a loss scale
-    below 1); the figures are the gradient's global norm before clipping (NaN when skipped), and for float16 the
-    scale this window used and whether it was skipped.
+    scale halves; weights, optimizer state and iterations stay as they were), 2 stop before this window (a
+    non-finite loss or gradient, or a loss scale below 1); the figures are the gradient's global norm before
+    clipping (NaN when skipped), and for float16 the scale this window used and whether it was skipped.
     """
     grads, statistics = grads[:len(self._model.trainable_variables)], grads[len(self._model.trainable_variables):]
     scale = self._loss_scale.scale.read_value() if self._loss_scale is not None else None
@@ -156,7 +156,10 @@ class PhaseLoop:
     loss_finite = tf.reduce_all([tf.math.is_finite(f) for f in figures.values()])
     finite = loss_finite & tf.math.is_finite(norm)
     skipped = loss_finite & ~finite
-    status = tf.where(finite, 0, 2) if scale is None else tf.where(finite, 0, tf.where(skipped & (scale >= 2.0), 1, 2))
+    if scale is None:
+      status = tf.where(finite, 0, 2)
+    else:
+      status = tf.where(finite, 0, tf.where(skipped & (scale >= 2.0), 1, 2))
     # The window's statistics are kept also when it is skipped (its forward passes ran on good inputs); a window
     # that stops the run leaves them as they were before it, as it leaves the weights, so the last good state
     # saved is that of the update before it.
