@@ -46,17 +46,20 @@ def test_the_cycle_program_holds_one_all_reduce_per_window_and_traces_once(tmp_p
                 steps_per_loop=3)
   assert run.cycle.traces == 1 and len(run.cycle.branches) == 2
   assert run.cycle.collectives_per_update() == 1
-  graphs.assert_updates_read_their_own_devices_all_reduce(run.cycle._graph, windows=2)  # pylint: disable=protected-access
+  # windows in the program: the head's and the tail's switch, 2 branches each, and the straight-line cycle's 4
+  graphs.assert_updates_read_their_own_devices_all_reduce(run.cycle._graph, windows=8)  # pylint: disable=protected-access
   assert [int(run.optimizers[n].iterations.numpy()) for n in "ab"] == [8, 3]
 
 
 def test_a_non_finite_window_mid_call_stops_before_it_and_names_its_update_and_phase(tmp_path):
-  def examples(indices):  # examples 96.. are NaN: with 16 per update, update 7 (model 'b') is the first bad one
+  def examples(indices):  # examples 96-111 are NaN: with 16 per update, update 7 (model 'b') is the bad one
     batch = regression.regression_examples(indices)
-    return {"x": batch["x"], "y": tf.where(indices[:, None] >= 96, np.nan, batch["y"])}
+    return {"x": batch["x"], "y": tf.where((indices[:, None] >= 96) & (indices[:, None] < 112), np.nan, batch["y"])}
 
   with pytest.raises(TrainingFailed, match=r"at update 7 \(phase 'b': b/loss=nan.*saved as .*ckpt-6"):
     toy.run(tmp_path, cycle=[("b", 1), ("a", 1)], train_steps=20, examples=examples)
   reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
   assert reader.get_tensor("update/.ATTRIBUTES/VARIABLE_VALUE") == 6
   assert reader.get_tensor("optimizer_b/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
+  # 'a' after it in the same straight-line cycle, on good examples, was computed but not applied (not live)
+  assert reader.get_tensor("optimizer_a/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
