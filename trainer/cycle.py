@@ -48,7 +48,7 @@ class CycleLoop:
 
   def __init__(self, cycle: Sequence[Phase], loops: Mapping[tuple[str, int], PhaseLoop]):
     keys = list(dict.fromkeys((p.model, p.micro_batches) for p in cycle))
-    self.branches = [loops[key] for key in keys]
+    self.branches = [loops[key] for key in keys]  # the PhaseLoop of each (model, K); rows name them by index
     starts = itertools.accumulate((p.updates for p in cycle[:-1]), initial=0)
     self._phases = [(loops[p.model, p.micro_batches], keys.index((p.model, p.micro_batches)), start, p.updates)
                     for p, start in zip(cycle, starts)]
