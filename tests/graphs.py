@@ -16,7 +16,7 @@ def assert_updates_read_their_own_devices_all_reduce(graph, windows: int) -> Non
     updates = [n for n in body.node_def if is_update(n)]
     if not updates:
       continue
-    # A function may hold several windows (the cycle's straight-line part): as many calls on every device.
+    # A function may hold several windows: as many calls on every device.
     per_device = collections.Counter(n.device[-5:] for n in updates)
     assert sorted(per_device) == REPLICA_DEVICES and len(set(per_device.values())) == 1, per_device
     calls += len(updates)
