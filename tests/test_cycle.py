@@ -23,11 +23,14 @@ SCHEDULES = {
 
 @pytest.mark.parametrize("schedule", SCHEDULES.values(), ids=SCHEDULES.keys())
 def test_calls_across_phases_end_bit_for_bit_where_calls_cut_at_every_phase_end(tmp_path, schedule):
-  # log_every=5 cuts the spanning run's calls mid-cycle, so calls start at several cycle positions
-  kwargs = dict(train_steps=17, log_every=5, **schedule)
+  # log_every=7 cuts the spanning run's calls mid-cycle, so calls start at several cycle positions; every
+  # schedule's first call runs a whole cycle
+  kwargs = dict(train_steps=29, log_every=7, **schedule)
   spanning = toy.run(tmp_path / "span", **kwargs)
   cut = toy.run(tmp_path / "cut", span_phases=False, **kwargs)
   assert spanning.cycle is not None and spanning.cycle.traces == 1 and cut.cycle is None
+  # whole cycles run straight-line unless a window accumulates (K > 1: cycle.py says why), as 'a' of the warm-up one
+  assert spanning.cycle.straight == all(phase[2:] in ((), (1,)) for phase in schedule["cycle"])
   for n in "abc":
     for a, b in zip(toy.weights(spanning)[n], toy.weights(cut)[n]):
       np.testing.assert_array_equal(a, b)
@@ -45,6 +48,19 @@ def test_the_cycle_program_holds_one_all_reduce_per_window_and_traces_once(tmp_p
   run = toy.run(tmp_path, replicas=2, cycle=[("a", 2, 3), ("b", 1), ("a", 1, 3)], train_steps=11,
                 steps_per_loop=3)
   assert run.cycle.traces == 1 and len(run.cycle.branches) == 2
+  assert run.cycle.collectives_per_update() == 1
+  graphs.assert_updates_read_their_own_devices_all_reduce(run.cycle._graph, windows=2)  # pylint: disable=protected-access
+  assert [int(run.optimizers[n].iterations.numpy()) for n in "ab"] == [8, 3]
+  assert not run.cycle.straight  # (a, K=3) in two phases: every update runs in the switch
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_a_straight_line_cycle_holds_one_all_reduce_per_window_and_calls_each_window_once_per_cycle(
+    tmp_path, jit_compile):
+  gin.bind_parameter("PhaseLoop.jit_compile", jit_compile)
+  # calls of 4 from positions 0, 1, 2, ...: head, whole cycles and tail all run; 'a' is a phase of 2 updates
+  run = toy.run(tmp_path, replicas=2, cycle=[("a", 2), ("b", 1)], train_steps=11, steps_per_loop=4)
+  assert run.cycle.straight and run.cycle.traces == 1
   assert run.cycle.collectives_per_update() == 1
   graphs.assert_updates_read_their_own_devices_all_reduce(run.cycle._graph, windows=2)  # pylint: disable=protected-access
   assert [int(run.optimizers[n].iterations.numpy()) for n in "ab"] == [8, 3]

@@ -139,14 +139,16 @@ class PhaseLoop:
     replicas = self._strategy.num_replicas_in_sync
     return grads + [v.value / replicas for v in statistics], figures, before
 
-  def _update(self, grads, figures, before):
-    """Replica context: checks the reduced window and, if it is good, applies it to this replica's own copy.
-    `before` holds this replica's BatchNorm statistics as they were before the window's forward passes.
+  def _update(self, grads, figures, before, live):
+    """Replica context: checks the reduced window and, if it is good and `live`, applies it to this replica's own
+    copy. `before` holds this replica's BatchNorm statistics as they were before the window's forward passes.
 
     Returns (status, figures after the loss's): status 0 applied, 1 skipped (a float16 gradient overflow: the
     scale halves; weights, optimizer state and iterations stay as they were), 2 stop before this window (a
-    non-finite loss or gradient, or a loss scale below 1); the figures are the gradient's global norm before
-    clipping (NaN when skipped), and for float16 the scale this window used and whether it was skipped.
+    non-finite loss or gradient, or a loss scale below 1), 3 not live (an earlier window of the same straight-line
+    cycle stopped the call: this one changes nothing, as if it had not run); the figures are the gradient's
+    global norm before clipping (NaN when skipped), and for float16 the scale this window used and whether it
+    was skipped.
     """
     grads, statistics = grads[:len(self._model.trainable_variables)], grads[len(self._model.trainable_variables):]
     scale = self._loss_scale.scale.read_value() if self._loss_scale is not None else None
@@ -160,6 +162,7 @@ class PhaseLoop:
       status = tf.where(finite, 0, 2)
     else:
       status = tf.where(finite, 0, tf.where(skipped & (scale >= 2.0), 1, 2))
+    status = tf.where(live, status, 3)
     # The window's statistics are kept also when it is skipped (its forward passes ran on good inputs); a window
     # that stops the run leaves them as they were before it, as it leaves the weights, so the last good state
     # saved is that of the update before it.
@@ -168,26 +171,27 @@ class PhaseLoop:
       def apply():
         update.apply(self._optimizer, update.clip(self._optimizer, grads, norm), self._model.trainable_variables)
         return tf.constant(True)
-      tf.cond(finite, apply, lambda: tf.constant(False))
+      tf.cond(finite & live, apply, lambda: tf.constant(False))
     if scale is None:
       return status, tf.stack([norm])
     tf.cond(status < 2, lambda: self._loss_scale.next(finite), lambda: self._loss_scale.scale.read_value())
     return status, tf.stack([tf.where(skipped, float("nan"), norm), scale, tf.cast(skipped, tf.float32)])
 
-  def step(self, iterator) -> tuple[tf.Tensor, tf.Tensor, list]:
+  def step(self, iterator, live: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list]:
     """One window, traced into a loop: returns (status, figure row, reduced gradients), the counters (and with
-    the per-replica update the optimizer's iterations) already advanced unless the status is 2 (stop)."""
+    the per-replica update the optimizer's iterations) already advanced unless the status is 2 (stop) or 3 (not
+    `live`, a boolean tensor: the window is computed but changes nothing)."""
     # next() runs outside the replica function, as tf.distribute requires.
     micro_batches = [next(iterator) for _ in range(self.micro_batches)]
     if self._alone:
       grads = None
-      status, tail, figures = self._strategy.run(self._fused_fn, args=(micro_batches,))
+      status, tail, figures = self._strategy.run(self._fused_fn, args=(micro_batches, live))
     else:
       grads, figures, before = self._strategy.run(self._window_fn, args=(micro_batches,))
       # The window's one collective: gradients and figures summed over replicas in one packed all-reduce.
       grads, figures = all_reduce_sum(self._strategy, (grads, figures))
       # Every replica updates its own copy from its own reduced values; nothing is broadcast from replica 0.
-      status, tail = self._strategy.run(self._update_fn, args=(grads, figures, before))
+      status, tail = self._strategy.run(self._update_fn, args=(grads, figures, before, live))
     local = lambda v: self._strategy.experimental_local_results(v)[0]
     row = tf.concat([tf.stack([local(figures[n]) for n in self.reduced_figures]), local(tail)], 0)
     # All replicas hold the same reduced values, so they all took the same branch. A skipped window (status 1)
@@ -200,16 +204,16 @@ class PhaseLoop:
     self._counters["micro_batch"].assign_add(counted * self.micro_batches)
     return status, row, grads
 
-  def _fused(self, micro_batches):
+  def _fused(self, micro_batches, live):
     grads, figures, before = self._window(micro_batches)
-    return (*self._update(grads, figures, before), figures)
+    return (*self._update(grads, figures, before, live), figures)
 
   def _loop(self, iterator, num_updates):
     self._graph = tf.compat.v1.get_default_graph()  # the FuncGraph being traced, for collectives_per_update
     rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
     applied = tf.constant(0)
     for i in tf.range(num_updates):
-      status, row, grads = self.step(iterator)
+      status, row, grads = self.step(iterator, tf.constant(True))
       rows = rows.write(i, row)
       if status == 2:
         break
