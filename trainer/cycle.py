@@ -28,7 +28,7 @@ import tensorflow as tf
 from trainer.schedule import Phase
 from trainer.step import PhaseLoop, Span, count_collectives
 
-_STOP, _NOT_LIVE = 2, 3  # PhaseLoop statuses
+_STOP = 2  # PhaseLoop.step's status for a window that stops the call (3: a window not live)
 
 
 class CycleLoop:
