@@ -14,9 +14,11 @@ all-reduce, the model's own update), so a spanning run computes bit-for-bit what
 A non-finite window stops the call before it, wherever it falls: in the head and tail the loop breaks; in a
 straight-line cycle the windows after it in the same cycle are computed but not `live` (status 3: they change
 no weight, slot, statistic or counter) and the loop ends at the cycle's end. A window's function must not have
-two call sites in one cycle, where two of its calls could overlap (TensorFlow then fails on the per-step
-temporaries Grappler adds to its accumulation loop), so a cycle in which one (model, K) appears in two phases
-runs every update as the head does. The warm-up prefix, which runs once, stays with the per-phase loops.
+two call sites in one cycle, where two of its calls could overlap, and a window that accumulates (K > 1) must not
+run in a straight-line cycle at all: with wide models TensorFlow 2.21 then fails (AlreadyExistsError) on the
+per-step temporaries Grappler adds to the accumulation loop, whether the phase is unrolled or a loop of its own.
+So a cycle in which one (model, K) appears in two phases, or whose windows accumulate, runs every update as the
+head does. The warm-up prefix, which runs once, stays with the per-phase loops.
 """
 
 import functools
@@ -26,7 +28,7 @@ from typing import Mapping, Sequence
 import tensorflow as tf
 
 from trainer.schedule import Phase
-from trainer.step import PhaseLoop, Span, count_collectives
+from trainer.step import PhaseLoop, Span, count_collectives, per_launch
 
 _STOP = 2  # PhaseLoop.step's status for a window that stops the call (3: a window not live)
 
@@ -121,10 +123,10 @@ class CycleLoop:
       failed = (loop, rows[applied, :len(loop.figure_names)])
     return Span(applied, [(loop, r) for loop, r in trained if len(r)], failed)
 
-  def collectives_per_update(self) -> int:
+  def collectives_per_update(self) -> int | float:
     """All-reduce ops per window per local replica in the traced program: its launches over the traced windows
     (each (model, K) is traced in the head's and the tail's switch and once in the straight-line cycle)."""
-    return count_collectives(self._graph) // (self._windows_traced * self.branches[0].local_devices)
+    return per_launch(count_collectives(self._graph), self._windows_traced * self.branches[0].local_devices)
 
   @property
   def traces(self) -> int:

@@ -229,9 +229,9 @@ class PhaseLoop:
     rows, applied = rows.numpy(), int(applied.numpy())
     return Span(applied, [(self, rows[:applied])] if applied else [], (self, rows[applied]) if applied < n else None)
 
-  def collectives_per_update(self) -> int:
+  def collectives_per_update(self) -> int | float:
     """All-reduce ops per update per local replica, counted in the traced graph (the design says exactly 1)."""
-    return count_collectives(self._graph) // self.local_devices
+    return per_launch(count_collectives(self._graph), self.local_devices)
 
   @property
   def reduced_figures(self) -> list[str]:
@@ -250,6 +250,12 @@ def count_collectives(graph: tf.Graph) -> int:
   graph = graph.as_graph_def()
   nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
   return sum(n.op in _ALL_REDUCE_OPS for n in nodes)
+
+
+def per_launch(count: int, launches: int) -> int | float:
+  """`count` ops over `launches`: an int when it divides exactly, else the fraction, so that a stray all-reduce in
+  one traced window shows (1.33) rather than being rounded away."""
+  return count // launches if count % launches == 0 else count / launches
 
 
 def _placed(fn: Callable, jit_compile: bool) -> Callable:
