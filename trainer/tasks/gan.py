@@ -104,8 +104,8 @@ def r1_penalty(models: Mapping[str, keras.Model], batch: dict, model: str, gamma
   real = batch["x"]
   with tf.GradientTape() as tape:
     tape.watch(real)
-    logit = _score(models, model, real, batch, condition, training=True)
-  slopes = tape.gradient(tf.reduce_sum(logit), real)  # each example's logit depends on its own input only
+    total = tf.reduce_sum(_score(models, model, real, batch, condition, training=True))
+  slopes = tape.gradient(total, real)  # each example's logit depends on its own input only
   penalty = tf.reduce_sum(tf.square(tf.reshape(slopes, [tf.shape(slopes)[0], -1])), axis=1)
   return {"loss": penalty * (gamma / 2.0 * interval), "r1": penalty}
 
