@@ -32,6 +32,7 @@ from absl import app, flags, logging  # noqa: E402
 from launch.local import free_ports, worker_env  # noqa: E402
 
 TOPOLOGIES = {"1": (1, 1), "2": (2, 1), "2w": (2, 2)}  # name -> (replicas, workers)
+STEPS_PER_LOOP = 50  # train.steps_per_loop's default: the updates of one compiled call in the trainer row
 JOB_NAMES = ["big", "small"]  # benchmarks.runs.JOBS' keys, here so that the parent need not import TensorFlow
 
 _QUICK = flags.DEFINE_bool("quick", False, "A small job and short timings: a smoke test, not figures to quote.")
@@ -74,8 +75,8 @@ def plan(replicas: int, workers: int, quick: bool, compare_jit: bool = False,
     # must feed a value for placeholder tensor", keras-team/keras#19246), and so does jit_compile=True.
     runs += [("keras_fit", f"jit_compile={jit}") for jit in (jits if replicas == 1 else [False])]
   runs.append(("naive", ""))
-  if workers > 1:
-    runs.append(("mwms_bound", ""))
+  if workers > 1:  # in calls as long as trainer's (train.steps_per_loop's default), and all in one call
+    runs += [("mwms_bound", label) for label in [f"calls of {STEPS_PER_LOOP}", *([] if quick else ["one call"])]]
   if replicas == 1:
     runs += [("compute_bound", f"jit_compile={jit}") for jit in jits]
     if not quick:  # trainer's own way: the K micro-batches in a tf.while_loop, compiled with XLA
@@ -102,7 +103,7 @@ def _run(name: str, label: str, job, distribution) -> dict:
   if name == "naive":
     return bench_runs.run_naive(job, distribution)
   if name == "mwms_bound":
-    return bench_runs.run_mwms_bound(job, distribution)
+    return bench_runs.run_mwms_bound(job, distribution, STEPS_PER_LOOP if label.startswith("calls") else None)
   return bench_runs.run_compute_bound(job, jit, label.endswith("/while_loop"))
 
 

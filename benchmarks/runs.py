@@ -281,10 +281,11 @@ def run_compute_bound(job: Job, jit_compile: bool = False, while_loop: bool = Fa
   return _timed(job, run_cycles)
 
 
-def run_mwms_bound(job: Job, strategy: tf.distribute.Strategy) -> dict:
+def run_mwms_bound(job: Job, strategy: tf.distribute.Strategy, call_updates: int | None = None) -> dict:
   """trainer's compiled program alone under `strategy` (the cycle as one CycleLoop, as train runs it), on one
   cycle's micro-batches made once and replayed from memory: no example generation and no outer loop, only the
-  compiled windows, their all-reduces and the updates."""
+  compiled windows, their all-reduces and the updates. `call_updates` cuts the timed updates into calls of that
+  many, as trainer's steps_per_loop does (None: one call for all of them)."""
   state = train.build(strategy, _mlps(job), {name: functools.partial(_adam, job) for name in LOSSES}, 0)
   replayed = len(job.cycle) * job.micro_batches * strategy.num_replicas_in_sync  # per-replica micro-batches
   dataset = lambda context: (data.micro_batch_dataset(ring.ring_examples, context, job.global_batch_size, 0)
@@ -296,7 +297,10 @@ def run_mwms_bound(job: Job, strategy: tf.distribute.Strategy) -> dict:
   cycle = CycleLoop(_schedule(job).cycle, loops)
 
   def run_cycles(cycles):
-    cycle.run(iterator, 0, cycles * len(job.cycle))
+    total = cycles * len(job.cycle)
+    for start in range(0, total, call_updates or total):
+      n = min(call_updates or total, total - start)
+      cycle.run(iterator, start % len(job.cycle), n)
 
   return _timed(job, run_cycles)
 

@@ -112,7 +112,8 @@ def test_plan_lists_each_topologys_runs_without_tensorflow():
   assert bench.plan(1, 1, quick=True) == [("trainer", ""), ("keras_fit", "jit_compile=False"), ("naive", ""),
                                           ("compute_bound", "jit_compile=False")]
   assert [name for name, _ in bench.plan(2, 1, quick=False)] == ["trainer", "keras_fit", "naive"]
-  assert bench.plan(2, 2, quick=False) == [("trainer", ""), ("naive", ""), ("mwms_bound", "")]
+  assert bench.plan(2, 2, quick=False) == [("trainer", ""), ("naive", ""), ("mwms_bound", "calls of 50"),
+                                           ("mwms_bound", "one call")]
 
 
 def test_compare_puts_each_row_beside_the_same_row_of_an_earlier_run():

@@ -44,8 +44,9 @@ def test_trainer_row_counts_the_bytes_all_reduced_per_example():
     lambda: bench_runs.run_compute_bound(TINY, jit_compile=True),
     lambda: bench_runs.run_compute_bound(TINY, jit_compile=True, while_loop=True),
     lambda: bench_runs.run_mwms_bound(TINY, toy.strategy(1)),  # one size of strategy per process (test_step)
+    lambda: bench_runs.run_mwms_bound(TINY, toy.strategy(1), call_updates=4),
     lambda: bench_runs.input_seconds(TINY, toy.strategy(1)),
-], ids=["keras_fit", "naive", "compute_bound", "compute_bound_while_loop", "mwms_bound", "input"])
+], ids=["keras_fit", "naive", "compute_bound", "compute_bound_while_loop", "mwms_bound", "mwms_bound_calls", "input"])
 def test_the_other_ways_run_and_time_the_same_updates(run):
   row = run()
   if isinstance(row, float):  # input_seconds
