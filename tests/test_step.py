@@ -6,9 +6,12 @@ import gin
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests import graphs, toy
+from trainer import step
 from trainer.errors import UserError
+from trainer.step import Status
 
 
 # Adam is nearly invariant to a constant factor on the gradient, so a wrong loss scale (per-replica instead of
@@ -123,3 +126,18 @@ def test_clipping_applies_to_the_window_gradient_after_the_all_reduce(tmp_path, 
   unclipped = toy.run(tmp_path / "none", cycle=[("a", 1, 1)], global_batch_size=32,
                       **{**kwargs, "optimizers": {"a": lambda: kind(0.05), "b": lambda: kind(0.05)}})
   assert toy.max_diff(toy.weights(unclipped), toy.weights(one_batch)) > 1e-3
+
+
+@pytest.mark.parametrize("loss, norm, scale, live, expected", [
+    (1.0, 2.0, None, True, Status.APPLIED),
+    (float("nan"), 2.0, None, True, Status.STOP),
+    (1.0, float("inf"), None, True, Status.STOP),
+    (1.0, float("inf"), 4.0, True, Status.SKIPPED),  # float16 overflow: the scale halves and training goes on
+    (1.0, float("inf"), 1.0, True, Status.STOP),  # ... unless it cannot halve any more
+    (float("nan"), 2.0, 4.0, True, Status.STOP),  # a non-finite loss is never an overflow
+    (1.0, 2.0, None, False, Status.NOT_LIVE),
+])
+def test_a_window_status_is_decided_from_its_reduced_figures_and_norms(loss, norm, scale, live, expected):
+  status, _, _ = step.decide([tf.constant(loss)], [tf.constant(1.0), tf.constant(norm)],
+                             None if scale is None else tf.constant(scale), tf.constant(live))
+  assert Status(int(status)) == expected

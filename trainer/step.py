@@ -170,13 +170,7 @@ class PhaseLoop:
     if scale is not None:
       grads = [[g / scale for g in group] for group in grads]
     norms = [tf.linalg.global_norm(group) for group in grads]
-    loss_finite = tf.reduce_all([tf.math.is_finite(f) for f in figures.values()])
-    finite = loss_finite & tf.reduce_all([tf.math.is_finite(n) for n in norms])
-    skipped = loss_finite & ~finite
-    status = tf.where(finite, Status.APPLIED, Status.STOP)
-    if scale is not None:
-      status = tf.where(skipped & (scale >= 2.0), Status.SKIPPED, status)
-    status = tf.where(live, status, Status.NOT_LIVE)
+    status, finite, skipped = decide(list(figures.values()), norms, scale, live)
     # The window's statistics are kept also when it is skipped (its forward passes ran on good inputs); a window
     # that stops the run leaves them as they were before it, as it leaves the weights, so the last good state
     # saved is that of the update before it.
@@ -188,7 +182,7 @@ class PhaseLoop:
     if self.replica_update:
       def apply():
         for optimizer, group, norm, variables in zip(self._optimizers, grads, norms, self._variables):
-          update.apply(optimizer, update.clip(optimizer, group, norm), variables)
+          update.apply(optimizer, update.clip(optimizer, group, norm), variables)  # each model's own optimizer
         return tf.constant(True)
       tf.cond(finite & live, apply, lambda: tf.constant(False))
     if scale is None:
@@ -274,6 +268,20 @@ class PhaseLoop:
   def traces(self) -> int:
     """How many times the loop has been traced (1 after its first call, and it should stay 1)."""
     return self.loop.experimental_get_tracing_count()
+
+
+def decide(figures: list[tf.Tensor], norms: list[tf.Tensor], scale: tf.Tensor | None,
+           live: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """A window's Status from its reduced figures and per-model gradient norms (the same on every replica, so every
+  replica decides alike), and whether it is finite and was skipped: with a float16 `scale`, a finite loss whose
+  gradient overflows is skipped while the scale can halve; anything else non-finite stops the call."""
+  loss_finite = tf.reduce_all([tf.math.is_finite(f) for f in figures])
+  finite = loss_finite & tf.reduce_all([tf.math.is_finite(n) for n in norms])
+  skipped = loss_finite & ~finite
+  status = tf.where(finite, Status.APPLIED, Status.STOP)
+  if scale is not None:
+    status = tf.where(skipped & (scale >= 2.0), Status.SKIPPED, status)
+  return tf.where(live, status, Status.NOT_LIVE), finite, skipped
 
 
 def span(loops: list[PhaseLoop], rows: np.ndarray, branches: np.ndarray, applied: int, n: int) -> Span:
