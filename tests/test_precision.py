@@ -75,3 +75,26 @@ def test_policies_per_model_and_their_errors():
     precision.policies("float16", ["a"])
   with pytest.raises(UserError, match="names model 'c', which is not in train.models"):
     precision.policies({"c": "float32"}, ["a"])
+
+
+def test_a_joint_phase_scales_by_its_smallest_float16_scale_and_an_overflow_skips_it_for_every_model(tmp_path):
+  gin.bind_parameter("LossScale.initial_scale", 1024.0)
+  gin.bind_parameter("LossScale.growth_steps", 1)  # every good window doubles the scales it used
+
+  def loss(models, batch, trains):  # the overflow of _overflow_on_replica_1_in_window, through both models
+    prediction = tf.add_n([tf.cast(models[m](batch["x"], training=True), tf.float32)[:, 0] for m in trains])
+    return {"loss": tf.square(prediction - batch["y"][:, 0]) + 1e6 * batch["bad"] * prediction}
+
+  kwargs = dict(replicas=2, global_batch_size=G, cycle=[("ab", 1)], precision={"a": "mixed_float16", "b":
+                "mixed_float16"}, examples=_overflow_on_replica_1_in_window(3)["examples"],
+                phases=toy.phases(ab=(("a", "b"), loss)), warmup=[("a", 1)], losses={"a": regression.squared_error})
+  skipped = toy.run(tmp_path / "skipped", train_steps=4, log_every=4, **kwargs)
+  before = toy.run(tmp_path / "before", train_steps=3, **kwargs)
+  assert toy.max_diff(toy.weights(skipped), toy.weights(before)) == 0  # the joint window changed no weight
+  assert [int(skipped.optimizers[n].iterations.numpy()) for n in "ab"] == [3, 2]
+  state = checkpoint_state(tmp_path / "skipped")
+  # a: 1024 -> 2048 (warm-up) -> 4096 -> 8192 -> 4096 (the overflow); b: 1024 -> 2048 -> 4096 -> 2048
+  assert state["loss_scale_a/scale/.ATTRIBUTES/VARIABLE_VALUE"] == 4096.0
+  assert state["loss_scale_b/scale/.ATTRIBUTES/VARIABLE_VALUE"] == 2048.0
+  # the joint windows used the smaller scale, b's: 1024, 2048, 4096
+  assert skipped.last_log["ab/loss_scale"] == (1024 + 2048 + 4096) / 3 and skipped.last_log["ab/skipped"] == 1 / 3
