@@ -41,7 +41,8 @@ def _nets(g_ab=None, g_ba=None, d_a=0.25, d_b=-0.5):
 def _batch(b=6):
   x_a = tf.reshape(tf.sin(tf.range(b * PIXELS, dtype=tf.float32)), [b, PIXELS])
   x_b = tf.reshape(tf.cos(tf.range(b * PIXELS, dtype=tf.float32)), [b, PIXELS])
-  return {"x_a": x_a, "x_b": x_b}
+  label_a, label_b = tf.range(b), tf.range(b)[::-1] + 2
+  return {"x_a": x_a, "x_b": x_b, "y_a": tf.one_hot(label_a, 10), "y_b": tf.one_hot(label_b, 10)}
 
 
 def test_transpose_swaps_rows_and_columns_and_is_its_own_inverse():
@@ -58,6 +59,8 @@ def test_the_data_is_unpaired_and_a_function_of_the_index_alone():
   partner = datasets.tfds_examples(indices + cyclegan.PARTNER_OFFSET)
   np.testing.assert_array_equal(batch["x_a"], own["x"])
   np.testing.assert_array_equal(batch["label_a"], own["label"])
+  np.testing.assert_array_equal(batch["y_a"], own["y"])
+  np.testing.assert_array_equal(batch["y_b"], partner["y"])
   np.testing.assert_array_equal(batch["x_b"], cyclegan.transpose(partner["x"]))  # B: the transpose of another one
   np.testing.assert_array_equal(batch["label_b"], partner["label"])
   assert batch["x_a"].shape == (300, 64) and -1 <= np.min(batch["x_a"]) < np.max(batch["x_a"]) <= 1
@@ -95,6 +98,18 @@ def test_the_critic_loss_of_constant_critics_is_the_halved_least_squares_of_both
   np.testing.assert_allclose(figures["loss_b"], np.full(6, loss_b), rtol=1e-6)
   np.testing.assert_allclose(figures["loss"], np.full(6, loss_a + loss_b), rtol=1e-6)
   assert all(v.shape == (6,) for v in figures.values())
+
+
+def test_conditional_critics_see_each_image_with_its_label_and_a_translation_with_its_sources():
+  reader = np.concatenate([np.zeros((PIXELS, 1)), np.arange(10)[:, None] / 10])  # scores label / 10, ignores pixels
+  nets = {**_nets(), "d_a": _linear("d_a", reader, np.zeros(1)), "d_b": _linear("d_b", reader, np.zeros(1))}
+  batch = _batch()
+  a, b = np.arange(6) / 10, (np.arange(6)[::-1] + 2) / 10  # each image's label / 10
+  critics = cyclegan.cycle_critic_loss(nets, batch, CRITICS, conditional=True)
+  np.testing.assert_allclose(critics["loss_a"], 0.5 * ((a - 1) ** 2 + b**2), rtol=1e-6)  # g_ba(x_b) carries b's
+  np.testing.assert_allclose(critics["loss_b"], 0.5 * ((b - 1) ** 2 + a**2), rtol=1e-6)  # g_ab(x_a) carries a's
+  generators = cyclegan.cycle_generator_loss(nets, batch, GENERATORS, conditional=True)
+  np.testing.assert_allclose(generators["adversarial"], (a - 1) ** 2 + (b - 1) ** 2, rtol=1e-6)
 
 
 @pytest.mark.parametrize("loss, trained, terms", [

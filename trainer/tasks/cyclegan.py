@@ -45,11 +45,12 @@ def transpose(x: tf.Tensor) -> tf.Tensor:
 @gin.configurable
 def unpaired_examples(indices: tf.Tensor, examples: ExamplesFn = datasets.tfds_examples,
                       partner_offset: int = PARTNER_OFFSET) -> dict:
-  """{'x_a', 'label_a': the example at each index; 'x_b', 'label_b': the transpose of ANOTHER example, the one at
-  index + partner_offset (see the module docstring)}. A trainer.data.ExamplesFn over one that gives {'x', 'label'}
-  (tfds_examples with images_and_labels, as configured in gin)."""
+  """{'x_a', 'label_a', 'y_a': the example at each index (its image, label and one-hot label); 'x_b', 'label_b',
+  'y_b': the transpose of ANOTHER example, the one at index + partner_offset (see the module docstring)}.
+  A trainer.data.ExamplesFn over one that gives {'x', 'label', 'y'} (tfds_examples with images_and_labels)."""
   a, b = examples(indices), examples(indices + partner_offset)
-  return {"x_a": a["x"], "label_a": a["label"], "x_b": transpose(b["x"]), "label_b": b["label"]}
+  return {"x_a": a["x"], "label_a": a["label"], "y_a": a["y"],
+          "x_b": transpose(b["x"]), "label_b": b["label"], "y_b": b["y"]}
 
 
 def _names(trains) -> tuple[str, ...]:
@@ -78,9 +79,17 @@ def _translate(models: Mapping[str, keras.Model], generator: str, x: tf.Tensor, 
   return fake
 
 
-def _score(models: Mapping[str, keras.Model], critic: str, x: tf.Tensor, training: bool) -> tf.Tensor:
-  """The critic's score per example [b]; least squares pulls it to 1 on real images and to 0 on translations."""
+def _score(models: Mapping[str, keras.Model], critic: str, x: tf.Tensor, label: tf.Tensor | None,
+           training: bool) -> tf.Tensor:
+  """The critic's score per example [b], of x [with its one-hot label appended]; least squares pulls it to 1 on
+  real images and to 0 on translations."""
+  x = x if label is None else tf.concat([x, tf.cast(label, x.dtype)], axis=1)
   return _run(models, critic, x, training)[:, 0]
+
+
+def _labels(batch: dict, conditional: bool) -> tuple[tf.Tensor | None, tf.Tensor | None]:
+  """The one-hot labels the critics see with domain A's and B's images (a translation carries its source's)."""
+  return (batch["y_a"], batch["y_b"]) if conditional else (None, None)
 
 
 def _l1(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -92,20 +101,22 @@ def _l1(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
 @gin.configurable
 def cycle_generator_loss(models: Mapping[str, keras.Model], batch: dict, trains, g_ab: str = "g_ab",
                          g_ba: str = "g_ba", d_a: str = "d_a", d_b: str = "d_b", cycle_weight: float = 10.0,
-                         identity_weight: float = 0.0) -> dict:
+                         identity_weight: float = 0.0, conditional: bool = False) -> dict:
   """Both generators' joint loss, per example: adversarial + cycle_weight * cycle [+ identity_weight * identity].
 
   adversarial: (d_b(g_ab(x_a)) - 1)^2 + (d_a(g_ba(x_b)) - 1)^2, the least-squares GAN generator loss in both
   directions; cycle: |g_ba(g_ab(x_a)) - x_a| + |g_ab(g_ba(x_b)) - x_b|, what ties a translation to its source
   (without it any B-looking image would do); identity: |g_ab(x_b) - x_b| + |g_ba(x_a) - x_a|, the paper's optional
   colour-preserving term, off by default and computed only when weighted (an identity prior suits domains that
-  share a layout, not transposed ones). The critics are only called (training=False).
+  share a layout, not transposed ones). The critics are only called (training=False). `conditional` as for
+  `cycle_critic_loss`.
   """
   _check_trains("cycle_generator_loss", trains, (g_ab, g_ba))
   x_a, x_b = batch["x_a"], batch["x_b"]
+  y_a, y_b = _labels(batch, conditional)
   fake_b, fake_a = _translate(models, g_ab, x_a, True), _translate(models, g_ba, x_b, True)
-  adversarial = (tf.square(_score(models, d_b, fake_b, False) - 1.0)
-                 + tf.square(_score(models, d_a, fake_a, False) - 1.0))
+  adversarial = (tf.square(_score(models, d_b, fake_b, y_a, False) - 1.0)
+                 + tf.square(_score(models, d_a, fake_a, y_b, False) - 1.0))
   cycle = _l1(_translate(models, g_ba, fake_b, True), x_a) + _l1(_translate(models, g_ab, fake_a, True), x_b)
   figures = {"adversarial": adversarial, "cycle": cycle}
   loss = adversarial + cycle_weight * cycle
@@ -117,19 +128,25 @@ def cycle_generator_loss(models: Mapping[str, keras.Model], batch: dict, trains,
 
 @gin.configurable
 def cycle_critic_loss(models: Mapping[str, keras.Model], batch: dict, trains, g_ab: str = "g_ab",
-                      g_ba: str = "g_ba", d_a: str = "d_a", d_b: str = "d_b") -> dict:
+                      g_ba: str = "g_ba", d_a: str = "d_a", d_b: str = "d_b", conditional: bool = False) -> dict:
   """Both critics' joint loss, per example: the least-squares GAN critic loss of each, halved as in the paper,
   0.5 * ((d(real) - 1)^2 + d(translation)^2), d_a on x_a against g_ba(x_b), d_b on x_b against g_ab(x_a).
 
   The generators are only called (training=False). The paper's buffer of 50 past translations is left out: it is
   state outside the batch, which would make a window's gradient depend on what ran before it on that replica.
   Figures: loss, loss_a and loss_b (each critic's part), real_score and fake_score (both critics' mean scores).
+
+  conditional: the critics also see the image's one-hot digit label (batch 'y_a', 'y_b'), a translation its
+  source's, so a translation must keep its digit to pass as real. The generators never see a label: they translate
+  any image. Unconditional, nothing in the losses prefers the transpose to a map that also swaps digits (cycled
+  back by the other generator), and MLP generators do swap them (see configs/cyclegan_digits.gin).
   """
   _check_trains("cycle_critic_loss", trains, (d_a, d_b))
   x_a, x_b = batch["x_a"], batch["x_b"]
-  real_a, real_b = _score(models, d_a, x_a, True), _score(models, d_b, x_b, True)
-  fake_a = _score(models, d_a, _translate(models, g_ba, x_b, False), True)
-  fake_b = _score(models, d_b, _translate(models, g_ab, x_a, False), True)
+  y_a, y_b = _labels(batch, conditional)
+  real_a, real_b = _score(models, d_a, x_a, y_a, True), _score(models, d_b, x_b, y_b, True)
+  fake_a = _score(models, d_a, _translate(models, g_ba, x_b, False), y_b, True)
+  fake_b = _score(models, d_b, _translate(models, g_ab, x_a, False), y_a, True)
   loss_a = 0.5 * (tf.square(real_a - 1.0) + tf.square(fake_a))
   loss_b = 0.5 * (tf.square(real_b - 1.0) + tf.square(fake_b))
   return {"loss": loss_a + loss_b, "loss_a": loss_a, "loss_b": loss_b, "real_score": 0.5 * (real_a + real_b),
