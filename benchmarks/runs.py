@@ -31,6 +31,7 @@ from trainer.tasks import gan, models, ring
 from trainer.accumulate import accumulate_gradients
 from trainer.schedule import Schedule
 from trainer.cycle import CycleLoop
+from trainer.phase import Phase
 from trainer.step import PhaseLoop
 
 LOSSES = {"critic": gan.ns_critic_loss, "generator": gan.ns_generator_loss}
@@ -261,8 +262,8 @@ def run_compute_bound(job: Job, jit_compile: bool = False, while_loop: bool = Fa
   def looped_gradients(name, window):
     def objective(batch):
       value = _window_loss(job, nets, name, batch)
-      return value, {"loss": value}
-    return accumulate_gradients(objective, [v.value for v in nets[name].trainable_variables], window)
+      return [value], {"loss": value}
+    return accumulate_gradients(objective, [[v.value for v in nets[name].trainable_variables]], window)
 
   summed = looped_gradients if while_loop else functools.partial(_summed_gradients, job, nets)
   gradients = {name: tf.function(functools.partial(summed, name), jit_compile=jit_compile) for name in LOSSES}
@@ -289,8 +290,8 @@ def run_mwms_bound(job: Job, strategy: tf.distribute.Strategy) -> dict:
   dataset = lambda context: (data.micro_batch_dataset(ring.ring_examples, context, job.global_batch_size, 0)
                              .take(replayed // context.num_input_pipelines).cache().repeat())
   iterator = iter(strategy.distribute_datasets_from_function(dataset))
-  loops = {(name, job.micro_batches): PhaseLoop(strategy, state.models, name, state.optimizers[name], LOSSES[name],
-                                                job.micro_batches, job.global_batch_size, state.counters)
+  loops = {(name, job.micro_batches): PhaseLoop(strategy, state, Phase(name, (name,), LOSSES[name], name),
+                                                job.micro_batches, job.global_batch_size)
            for name in LOSSES}
   cycle = CycleLoop(_schedule(job).cycle, loops)
 

@@ -35,8 +35,8 @@ class _Loop:
     self._calls.append((start, n))
     self.offsets.append(offset)
     self._first[0] += applied
-    failed = (self, np.ones(1)) if applied < n else None
-    return Span(applied, [(self, np.ones([applied, 1]))] if applied else [], failed)
+    failed = (self.name, {f"{self.name}/loss": 1.0}) if applied < n else None
+    return Span(applied, {f"{self.name}/loss": np.ones(applied)}, applied * self.window_examples, failed)
 
 
 class _Record(Action):
@@ -66,7 +66,7 @@ def _run(tmp_path, *, chief=True, cycle=(("a", 3), ("b", 2)), warmup=(), train_s
   controller = Controller(
       schedule=Schedule(cycle=list(cycle), warmup=list(warmup)), train_steps=train_steps,
       steps_per_loop=steps_per_loop, start=0, iterator=None,
-      make_loop=make_loop or (lambda phase: _Loop(calls, first, bad, phase.model)),
+      make_loop=make_loop or (lambda phase: _Loop(calls, first, bad, phase.name)),
       telemetry=Telemetry(str(tmp_path), train_steps, write_files=False), checkpointer=checkpointer,
       actions=list(actions), watchdog=Watchdog(0), preemption=preemption, chief=chief)
   controller.run()
@@ -90,14 +90,14 @@ def test_past_the_warm_up_calls_span_phases_and_start_at_their_cycle_position(tm
     replica_update = True
 
   def cycle_loop(cycle, loops):
-    assert [(p.model, p.updates) for p in cycle] == [("a", 3), ("b", 2)] and set(loops) == {("a", 1), ("b", 1)}
+    assert [(p.name, p.updates) for p in cycle] == [("a", 3), ("b", 2)] and set(loops) == {("a", 1), ("b", 1)}
     made.append(_Loop(calls, first, 10**9, name="a"))
     return made[-1]
 
   monkeypatch.setattr(controller_module, "CycleLoop", cycle_loop)
   log = _Record(every=7)
   _run(tmp_path, warmup=[("w", 2)], actions=[log], train_steps=22, checkpoint_every=100,
-       make_loop=lambda phase: SpanningLoop(calls, first, 10**9, phase.model))
+       make_loop=lambda phase: SpanningLoop(calls, first, 10**9, phase.name))
   # the warm-up (2 updates) is cut at its end; then calls end only at the loop length (4) and the log (7, 14, 21)
   assert [start + n for start, n in calls] == [2, 6, 7, 11, 14, 18, 21, 22]
   assert len(made) == 1 and made[0].offsets == [0, 4, 0, 4, 2, 1, 4]  # (update - 2) % 5

@@ -18,6 +18,10 @@ SCHEDULES = {
     "5:1": dict(cycle=[("a", 5), ("b", 1)]),
     "warmup_then_cycle": dict(warmup=[("c", 3)], cycle=[("a", 2, 2), ("b", 1)]),
     "round_robin_3": dict(cycle=[("a", 1), ("b", 2), ("c", 1)]),
+    # trainer.phase: a joint phase, and a second loss for 'a' in every 3rd cycle only (a period of 3 cycles)
+    "joint": dict(cycle=[("ab", 1), ("c", 1)], phases=toy.phases(ab=(("a", "b"), toy.summed_prediction_error))),
+    "lazy_every": dict(cycle=[("a", 1), ("a_reg", 1), ("b", 1)], every={"a_reg": 3},
+                       phases=toy.phases(a_reg=("a", regression.absolute_error))),
 }
 
 
@@ -29,8 +33,10 @@ def test_calls_across_phases_end_bit_for_bit_where_calls_cut_at_every_phase_end(
   spanning = toy.run(tmp_path / "span", **kwargs)
   cut = toy.run(tmp_path / "cut", span_phases=False, **kwargs)
   assert spanning.cycle is not None and spanning.cycle.traces == 1 and cut.cycle is None
-  # whole cycles run straight-line unless a window accumulates (K > 1: cycle.py says why), as 'a' of the warm-up one
-  assert spanning.cycle.straight == all(phase[2:] in ((), (1,)) for phase in schedule["cycle"])
+  # whole cycles run straight-line unless a window accumulates (K > 1: cycle.py says why), as 'a' of the warm-up
+  # one, or a (phase, K) has two entries, as 'a' in a period of three cycles
+  straight = all(phase[2:] in ((), (1,)) for phase in schedule["cycle"]) and "every" not in schedule
+  assert spanning.cycle.straight == straight
   for n in "abc":
     for a, b in zip(toy.weights(spanning)[n], toy.weights(cut)[n]):
       np.testing.assert_array_equal(a, b)
@@ -38,7 +44,7 @@ def test_calls_across_phases_end_bit_for_bit_where_calls_cut_at_every_phase_end(
   figures = lambda log: {k: v for k, v in log.items() if "/" in k}  # the logged figures, e.g. a/loss, b/grad_norm
   assert figures(spanning.last_log) == figures(cut.last_log) and figures(cut.last_log)
   # the runs did alternate: every model of the cycle trained
-  assert all(int(spanning.optimizers[p[0]].iterations.numpy()) > 0 for p in schedule["cycle"])
+  assert all(int(spanning.optimizers[n].iterations.numpy()) > 0 for n in "ab")
 
 
 @pytest.mark.parametrize("jit_compile", [True, False])  # on GPU replicas and on CPU ones

@@ -94,7 +94,7 @@ def _wider(name):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(cycle=[("z", 1)]), r"phase 0 trains model 'z', but train.models defines only a, b, c"),
+    (dict(cycle=[("z", 1)]), r"names 'z', which is neither a phase of train.phases nor a model of train.models \(a, b, c\)"),
     (dict(cycle=[("aa", 1)]), r"did you mean 'a'"),
     (dict(train_steps=0), r"TRAIN_STEPS.* must be a positive integer, got 0"),
     (dict(global_batch_size=-4), r"GLOBAL_BATCH_SIZE.* must be a positive integer"),

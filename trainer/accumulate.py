@@ -4,26 +4,36 @@ from typing import Any, Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-Objective = Callable[[Any], tuple[tf.Tensor, Mapping[str, tf.Tensor]]]
-"""Maps a micro-batch to (scalar to differentiate, {name: scalar figure})."""
+Objective = Callable[[Any], tuple[Sequence[tf.Tensor], Mapping[str, tf.Tensor]]]
+"""Maps a micro-batch to (one scalar to differentiate per variable group, {name: scalar figure}). Groups given the
+same tensor are differentiated together, in one backward pass."""
 
 
 def accumulate_gradients(
-    objective: Objective, variables: Sequence[tf.Variable], micro_batches: Sequence[Any]
+    objective: Objective, groups: Sequence[Sequence[tf.Variable]], micro_batches: Sequence[Any]
 ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-  """Sums d objective / d variables, and the objective's figures, over `micro_batches`.
+  """Sums d objective[i] / d groups[i], and the objective's figures, over `micro_batches`.
 
-  With one micro-batch this is a single gradient computation. With K > 1 the micro-batches are visited by a
-  `tf.while_loop`, so the graph does not grow with K. A variable the objective does not reach gets a zero
-  gradient, so that every model variable has a gradient of the same structure in every micro-batch.
+  Returns the gradients flat, group after group. With one micro-batch this is a single gradient computation. With
+  K > 1 the micro-batches are visited by a `tf.while_loop`, so the graph does not grow with K. A variable the
+  objective does not reach gets a zero gradient, so that every variable has a gradient of the same structure in
+  every micro-batch. Groups with their own scalar (several models each descending its own loss from one forward
+  pass) each take a backward pass of their own from the same tape.
   """
 
   def gradient(batch):
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-      tape.watch(variables)
-      value, figures = objective(batch)
-    grads = tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return [tf.convert_to_tensor(g) for g in grads], dict(figures)
+    flat = [v for group in groups for v in group]
+    with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+      tape.watch(flat)
+      values, figures = objective(batch)
+    # one backward pass per distinct scalar, over the variables of every group that descends it
+    grads = {}
+    for value in {id(v): v for v in values}.values():
+      variables = [v for group, own in zip(groups, values) if own is value for v in group]
+      for v, g in zip(variables, tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)):
+        grads[id(v)] = tf.convert_to_tensor(g)
+    del tape
+    return [grads[id(v)] for v in flat], dict(figures)
 
   grads, figures = gradient(micro_batches[0])
   if len(micro_batches) == 1:

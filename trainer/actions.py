@@ -34,7 +34,7 @@ class Log(Action):
   def __call__(self, update: int) -> None:
     micro_batches_left = (self._schedule.micro_batches_before(self._train_steps)
                           - self._schedule.micro_batches_before(update))
-    phase = self._schedule.position(update - 1).phase.model
+    phase = self._schedule.position(update - 1).phase.name
     self.last = self._telemetry.flush(update, phase, micro_batches_left * self._global_batch_size)
 
 

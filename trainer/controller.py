@@ -14,7 +14,7 @@ import tensorflow as tf
 from trainer.errors import ClusterFault, Preempted, TrainingFailed
 from trainer.faults import Preemption, Watchdog
 from trainer.cycle import CycleLoop
-from trainer.schedule import Phase, Schedule
+from trainer.schedule import Entry, Schedule
 from trainer.step import PhaseLoop
 from trainer.telemetry import Telemetry
 
@@ -61,8 +61,8 @@ class Checkpointer(Action):
 class Controller:
   """Runs `schedule` from update `start` to `train_steps`, in compiled calls of at most `steps_per_loop` updates.
 
-  Owns the loop state: the update, the PhaseLoop of each (model, K), the cycle's CycleLoop, the last save (through
-  `checkpointer`). `make_loop(phase)` builds a phase's PhaseLoop on first use. With `span_phases` (and every cycle
+  Owns the loop state: the update, the PhaseLoop of each (phase, K), the cycle's CycleLoop, the last save (through
+  `checkpointer`). `make_loop(entry)` builds an entry's PhaseLoop on first use. With `span_phases` (and every cycle
   phase on the per-replica update) a call past the warm-up runs across phase boundaries as one CycleLoop program;
   otherwise every call ends at a phase boundary. Stops with TrainingFailed before a non-finite
   update, with Preempted after a preemption signal on any worker (both after saving), and with ClusterFault when
@@ -70,7 +70,7 @@ class Controller:
   """
 
   def __init__(self, *, schedule: Schedule, train_steps: int, steps_per_loop: int, start: int,
-               make_loop: Callable[[Phase], PhaseLoop], iterator: Iterator, telemetry: Telemetry,
+               make_loop: Callable[[Entry], PhaseLoop], iterator: Iterator, telemetry: Telemetry,
                checkpointer: Checkpointer, actions: list[Action], watchdog: Watchdog, preemption: Preemption,
                chief: bool, span_phases: bool = True):
     self.update = start
@@ -110,15 +110,15 @@ class Controller:
       ends.append(self.update + position.updates_left)
     return loop, self._schedule.cycle_position(self.update), min(ends) - self.update
 
-  def _phase_loop(self, phase: Phase) -> PhaseLoop:
-    key = (phase.model, phase.micro_batches)
+  def _phase_loop(self, phase: Entry) -> PhaseLoop:
+    key = (phase.name, phase.micro_batches)
     if key not in self.loops:
       self.loops[key] = self._make_loop(phase)
     return self.loops[key]
 
   def _cycle_loop(self) -> CycleLoop | None:
     if self.cycle is None and self._span_phases:
-      loops = {(p.model, p.micro_batches): self._phase_loop(p) for p in self._schedule.cycle}
+      loops = {(p.name, p.micro_batches): self._phase_loop(p) for p in self._schedule.cycle}
       if not all(loop.replica_update for loop in loops.values()):  # Keras's apply runs outside the program
         self._span_phases = False
         return None
@@ -128,17 +128,16 @@ class Controller:
   def _train(self, loop: PhaseLoop | CycleLoop, offset: int, n: int) -> None:
     with self._watchdog.watch(f"updates {self.update + 1}-{self.update + n}"):
       span = loop.run(self._iterator, offset, n)
-    for phase_loop, rows in span.rows:
-      self._telemetry.record(phase_loop.name, phase_loop.figure_names, rows, len(rows) * phase_loop.window_examples)
+    self._telemetry.record(span.figures, span.examples)
     self.update += span.applied
     if span.failed:  # the loop stopped before a non-finite update: keep the last good state
       saved = self._checkpointer.save(self.update)
-      failed, row = span.failed
-      bad = ", ".join(f"{failed.name}/{k}={v:.4g}" for k, v in zip(failed.figure_names, row))
+      phase, figures = span.failed
+      bad = ", ".join(f"{k}={v:.4g}" for k, v in figures.items())
       raise TrainingFailed(
-          f"non-finite loss or gradient at update {self.update + 1} (phase '{failed.name}': {bad}); that update "
-          f"was not applied and the last good state is saved as {saved}. Lower the learning rate of "
-          f"'{failed.name}' or check its loss")
+          f"non-finite loss or gradient at update {self.update + 1} (phase '{phase}': {bad}); that update "
+          f"was not applied and the last good state is saved as {saved}. Lower the learning rate of what "
+          f"'{phase}' trains, or check its loss")
 
   def _stop_preempted(self) -> None:
     if self._checkpointer.saved_at != self.update:

@@ -9,16 +9,16 @@ A call of n updates from cycle position `offset` (both tensors, so no call retra
          start before that update ends: a `tf.switch_case` or `tf.cond` around each update would wait for it;
   tail   the updates left, one at a time as in the head.
 Every window is the same traced building block as a PhaseLoop's (`PhaseLoop.step`: K micro-batches, one packed
-all-reduce, the model's own update), so a spanning run computes bit-for-bit what per-phase calls compute.
+all-reduce, each trained model's own update), so a spanning run computes bit-for-bit what per-phase calls compute.
 
 A non-finite window stops the call before it, wherever it falls: in the head and tail the loop breaks; in a
-straight-line cycle the windows after it in the same cycle are computed but not `live` (status 3: they change
-no weight, slot, statistic or counter) and the loop ends at the cycle's end. A window's function must not have
+straight-line cycle the windows after it in the same cycle are computed but not `live` (Status.NOT_LIVE: they
+change no weight, slot, statistic or counter) and the loop ends at the cycle's end. A window's function must not have
 two call sites in one cycle, where two of its calls could overlap, and a window that accumulates (K > 1) must not
 run in a straight-line cycle at all: with wide models TensorFlow 2.21 then fails (AlreadyExistsError) on the
 per-step temporaries Grappler adds to the accumulation loop, whether the phase is unrolled or a loop of its own.
-So a cycle in which one (model, K) appears in two phases, or whose windows accumulate, runs every update as the
-head does. The warm-up prefix, which runs once, stays with the per-phase loops.
+So a cycle in which one (phase, K) appears in two entries (as a period of `Schedule.every` has), or whose windows
+accumulate, runs every update as the head does. The warm-up prefix, which runs once, stays with the per-phase loops.
 """
 
 import functools
@@ -27,22 +27,20 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from trainer.schedule import Phase
-from trainer.step import PhaseLoop, Span, count_collectives, per_launch
-
-_STOP = 2  # PhaseLoop.step's status for a window that stops the call (3: a window not live)
+from trainer.schedule import Entry
+from trainer.step import PhaseLoop, Span, Status, count_collectives, per_launch, span
 
 
 class CycleLoop:
   """Call `run(iterator, offset, n)`: `n` updates from cycle position `offset` (0 is the first update of the
-  cycle's first phase). Phases with the same (model, K) share one branch and one window function."""
+  cycle's first entry). Entries with the same (phase, K) share one branch and one window function."""
 
-  def __init__(self, cycle: Sequence[Phase], loops: Mapping[tuple[str, int], PhaseLoop]):
-    keys = [(p.model, p.micro_batches) for p in cycle]
+  def __init__(self, cycle: Sequence[Entry], loops: Mapping[tuple[str, int], PhaseLoop]):
+    keys = [(p.name, p.micro_batches) for p in cycle]
     unique = list(dict.fromkeys(keys))
     self.branches = [loops[key] for key in unique]
     self._phases = [(p.updates, unique.index(key)) for p, key in zip(cycle, keys)]
-    # Whole cycles run straight-line when no (model, K) is in two phases and no window accumulates (see above).
+    # Whole cycles run straight-line when no (phase, K) is in two entries and no window accumulates (see above).
     self.straight = len(unique) == len(keys) and all(k == 1 for _, k in unique)
     self._starts = tf.constant(list(itertools.accumulate((p.updates for p in cycle[:-1]), initial=0)), tf.int32)
     self._branch_of_phase = tf.constant([unique.index(key) for key in keys], tf.int32)
@@ -75,7 +73,7 @@ class CycleLoop:
                                             for loop in self.branches])
       rows, branches = rows.write(i, self._padded(row)), branches.write(i, branch)
       i += 1
-      if status == _STOP:
+      if status == Status.STOP:
         break
       applied += 1
     return i, applied, rows, branches
@@ -91,7 +89,7 @@ class CycleLoop:
           status, row = self._window(loop, iterator, live)
           rows, branches = rows.write(i, self._padded(row)), branches.write(i, branch)
           i += 1
-          applied += tf.cast(status < _STOP, tf.int32)
+          applied += tf.cast(status < Status.STOP, tf.int32)
       if i != applied:
         break
     return i, applied, rows, branches
@@ -102,7 +100,7 @@ class CycleLoop:
     return status, row
 
   def _padded(self, row):
-    # The branches' rows differ in length (each model has its own figures): pad them to the longest.
+    # The branches' rows differ in length (each phase has its own figures): pad them to the longest.
     width = max(len(loop.figure_names) for loop in self.branches)  # known now: every branch was traced
     return tf.reshape(tf.pad(row, [[0, width - tf.size(row)]], constant_values=float("nan")), [width])
 
@@ -114,18 +112,11 @@ class CycleLoop:
   def run(self, iterator, offset: int, n: int) -> Span:
     """Runs `n` updates from cycle position `offset` in one compiled call."""
     rows, branches, applied = self.loop(iterator, tf.constant(offset, tf.int32), tf.constant(n, tf.int32))
-    rows, branches, applied = rows.numpy(), branches.numpy(), int(applied.numpy())
-    trained = [(loop, rows[:applied][branches[:applied] == b, :len(loop.figure_names)])
-               for b, loop in enumerate(self.branches)]
-    failed = None
-    if applied < n:
-      loop = self.branches[branches[applied]]
-      failed = (loop, rows[applied, :len(loop.figure_names)])
-    return Span(applied, [(loop, r) for loop, r in trained if len(r)], failed)
+    return span(self.branches, rows.numpy(), branches.numpy(), int(applied.numpy()), n)
 
   def collectives_per_update(self) -> int | float:
     """All-reduce ops per window per local replica in the traced program: its launches over the traced windows
-    (each (model, K) is traced in the head's and the tail's switch and once in the straight-line cycle)."""
+    (each (phase, K) is traced in the head's and the tail's switch and once in the straight-line cycle)."""
     return per_launch(count_collectives(self._graph), self._windows_traced * self.branches[0].local_devices)
 
   @property

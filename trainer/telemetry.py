@@ -27,7 +27,7 @@ def format_duration(seconds: float) -> str:
 class Telemetry:
   """Collects per-update figures and writes them out once per log interval.
 
-  A figure is reported as its mean over the updates of the interval in which its model trained; a model that did
+  A figure is reported as its mean over the updates of the interval in which its phase trained; a phase that did
   not train in the interval keeps its last reported value on the console (and is absent from that JSON line).
   Only the chief writes files (`write_files`); every task may print.
   """
@@ -47,12 +47,13 @@ class Telemetry:
       self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
       self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "summaries"))
 
-  def record(self, model: str, names: list[str], rows: np.ndarray, examples: int) -> None:
-    """Adds the figure rows [updates, len(names)] of `model` and the examples they consumed. NaN marks a figure
-    an update does not have (a skipped float16 window's gradient norm): it is left out of that figure's mean."""
-    for j, name in enumerate(names):
-      key, defined = f"{model}/{name}", ~np.isnan(rows[:, j])
-      self._sums[key] = self._sums.get(key, 0.0) + float(np.sum(rows[defined, j]))
+  def record(self, figures: Mapping[str, np.ndarray], examples: int) -> None:
+    """Adds figures {"phase/figure": one value per update} and the examples they consumed. NaN marks a figure an
+    update does not have (another phase's, or a skipped float16 window's gradient norm): it is left out of that
+    figure's mean."""
+    for key, values in figures.items():
+      defined = ~np.isnan(values)
+      self._sums[key] = self._sums.get(key, 0.0) + float(np.sum(values[defined]))
       self._counts[key] = self._counts.get(key, 0) + int(np.sum(defined))
     self._examples += examples
 

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import actions, checkpoints, fingerprints
+from trainer import actions, checkpoints, fingerprints, phase as phases_
 from trainer.controller import Checkpointer, Controller
 from trainer.cycle import CycleLoop
 from trainer.data import ExamplesFn, distributed_iterator
@@ -22,7 +22,8 @@ from trainer.errors import UserError, check_count, did_you_mean
 from trainer.faults import Preemption, Watchdog
 from trainer.schedule import Schedule
 from trainer.state import State, build  # noqa: F401  (State: part of train's interface)
-from trainer.step import LossFn, PhaseLoop
+from trainer.phase import LossFn, Phase
+from trainer.step import PhaseLoop
 from trainer.strategy import is_chief
 from trainer.telemetry import Telemetry
 
@@ -43,8 +44,9 @@ class Run:
   last_eval: dict
 
 
-def _validate(models, optimizers, losses, schedule: Schedule, train_steps, global_batch_size, replicas,
-              counts: Mapping[str, int]) -> None:
+def _validate(models, optimizers, losses, phases, schedule: Schedule, train_steps, global_batch_size, replicas,
+              counts: Mapping[str, int]) -> dict[str, Phase]:
+  """Checks the run's settings; returns the phase of every schedule entry name (trainer.phase.resolve)."""
   check_count("train.train_steps (TRAIN_STEPS)", train_steps)
   check_count("train.global_batch_size (GLOBAL_BATCH_SIZE)", global_batch_size)
   for name, value in counts.items():
@@ -54,16 +56,12 @@ def _validate(models, optimizers, losses, schedule: Schedule, train_steps, globa
       if name not in models:
         raise UserError(f"train.{what} has an entry for '{name}', which is not in train.models "
                         f"({', '.join(models)}){did_you_mean(name, models)}")
-  for i, phase in enumerate(schedule.phases):
-    if phase.model not in models:
-      raise UserError(f"the schedule's phase {i} trains model '{phase.model}', but train.models defines only "
-                      f"{', '.join(models)}{did_you_mean(phase.model, models)}")
-    for what, table in (("optimizers", optimizers), ("losses", losses)):
-      if phase.model not in table:
-        raise UserError(f"model '{phase.model}' is trained by the schedule but has no entry in train.{what}")
+  resolved = phases_.resolve(schedule.names, phases, models, losses, optimizers)
+  schedule.with_phase_micro_batches({name: phase.micro_batches for name, phase in resolved.items()})
   if global_batch_size % replicas:
     raise UserError(f"GLOBAL_BATCH_SIZE={global_batch_size} does not divide over {replicas} replicas; "
                     f"use a multiple of {replicas}, e.g. {(global_batch_size // replicas + 1) * replicas}")
+  return resolved
 
 
 def _check_writable(model_dir: str) -> None:
@@ -110,7 +108,8 @@ def train(
     *,
     models: Mapping[str, Callable[[], keras.Model]] = gin.REQUIRED,
     optimizers: Mapping[str, Callable[[], keras.optimizers.Optimizer]] = gin.REQUIRED,
-    losses: Mapping[str, LossFn] = gin.REQUIRED,
+    losses: Mapping[str, LossFn] | None = None,
+    phases: Mapping[str, Phase] | None = None,
     examples: ExamplesFn = gin.REQUIRED,
     schedule: Schedule = gin.REQUIRED,
     train_steps: int = gin.REQUIRED,
@@ -137,9 +136,11 @@ def train(
     strategy: the tf.distribute strategy; datasets are distributed by it.
     models: model name -> factory returning a built keras.Model (e.g. a gin-scoped `@generator/mlp`).
     optimizers: model name -> factory returning that model's own Keras optimizer (e.g. `@critic/Adam`).
-    losses: model name -> loss function (trainer.step.LossFn) of the phases that train that model.
+    losses: model name -> loss function (trainer.phase.LossFn) of the schedule entries that name that model.
+    phases: phase name -> trainer.phase.phase(trains=..., loss=...): the phases schedule entries may name besides
+      models (a joint phase, a second loss for a model, simultaneous updates: trainer.phase).
     examples: the data, as a function of global example indices (trainer.data.ExamplesFn).
-    schedule: which model trains when, and with how many micro-batches per update.
+    schedule: which phase trains when, and with how many micro-batches per update.
     train_steps: total optimizer updates, summed over all models (gin macro TRAIN_STEPS).
     global_batch_size: examples per micro-batch, summed over all replicas (gin macro GLOBAL_BATCH_SIZE).
     seed: seeds model initialisation (the data has its own seed in `examples`).
@@ -164,9 +165,11 @@ def train(
 
   On SIGTERM (or SIGUSR1, Slurm's warning), every worker saves at the next call boundary and raises Preempted.
   """
-  _validate(models, optimizers, losses, schedule, train_steps, global_batch_size, strategy.num_replicas_in_sync,
-            dict(steps_per_loop=steps_per_loop, log_every=log_every, checkpoint_every=checkpoint_every,
-                 keep_checkpoints=keep_checkpoints, eval_every=eval_every))
+  losses, phases = dict(losses or {}), dict(phases or {})
+  resolved = _validate(models, optimizers, losses, phases, schedule, train_steps, global_batch_size,
+                       strategy.num_replicas_in_sync,
+                       dict(steps_per_loop=steps_per_loop, log_every=log_every, checkpoint_every=checkpoint_every,
+                            keep_checkpoints=keep_checkpoints, eval_every=eval_every))
   chief = is_chief(strategy)
   if chief:
     _check_writable(model_dir)
@@ -192,9 +195,7 @@ def train(
     logging.info("training %s with %s on %d replica(s), global batch %d, from update %d of %d", ", ".join(state.models),
                  schedule, strategy.num_replicas_in_sync, global_batch_size, start, train_steps)
     iterator = _input(strategy, examples, global_batch_size, state.counters["micro_batch"], fingerprint, checkpoint_dir)
-    make_loop = lambda phase: PhaseLoop(strategy, state.models, phase.model, state.optimizers[phase.model],
-                                        losses[phase.model], phase.micro_batches, global_batch_size, state.counters,
-                                        state.loss_scales.get(phase.model))
+    make_loop = lambda entry: PhaseLoop(strategy, state, resolved[entry.name], entry.micro_batches, global_batch_size)
     log = actions.Log(telemetry, log_every, schedule, train_steps, global_batch_size)
     evaluation = evaluate and actions.Evaluation(evaluate, state.models, state.optimizers, telemetry, eval_every)
     periodic = [log, evaluation, actions.Export(export, state.models, state.optimizers, model_dir, export_models)]

@@ -1,4 +1,4 @@
-"""GAN losses, per example. Only the phase's model is differentiated; the other model is only called.
+"""GAN losses, per example. Only the phase's models are differentiated; the others are only called.
 
 Every random number a loss needs (latent z, interpolation weight eps) comes from the batch, i.e. from the input
 pipeline keyed by example index (trainer.data), so results do not depend on the replica count.
@@ -90,3 +90,35 @@ def ns_generator_loss(models: Mapping[str, keras.Model], batch: dict, model: str
   """Non-saturating generator loss: -log D(G(z))."""
   fake = _generate(models, model, batch, condition, training=True)
   return {"loss": tf.nn.softplus(-_score(models, critic, fake, batch, condition, training=False))}
+
+
+@gin.configurable
+def r1_penalty(models: Mapping[str, keras.Model], batch: dict, model: str, gamma: float = 1.0, interval: int = 1,
+               condition: str | None = None) -> dict:
+  """R1 regularisation of critic `model` (Mescheder et al. 2018): gamma / 2 * |grad_x D(x)|^2 on real examples.
+
+  As StyleGAN2's lazy regularisation (Karras et al. 2020), it may run as a phase of its own in every `interval`-th
+  cycle only (`Schedule.every`), sharing the critic's optimizer; the loss is then multiplied by `interval`, so its
+  expected strength per update is the same as applied every time. Figures: loss and r1 (the squared gradient norm).
+  """
+  real = batch["x"]
+  with tf.GradientTape() as tape:
+    tape.watch(real)
+    logit = _score(models, model, real, batch, condition, training=True)
+  slopes = tape.gradient(tf.reduce_sum(logit), real)  # each example's logit depends on its own input only
+  penalty = tf.reduce_sum(tf.square(tf.reshape(slopes, [tf.shape(slopes)[0], -1])), axis=1)
+  return {"loss": penalty * (gamma / 2.0 * interval), "r1": penalty}
+
+
+@gin.configurable
+def ns_simultaneous_loss(models: Mapping[str, keras.Model], batch: dict, trains: tuple[str, ...],
+                         generator: str = "generator", critic: str = "critic", condition: str | None = None) -> dict:
+  """Generator and critic updated together from one forward pass (TF-GAN's joint train; keras.io's gan_ada),
+  each descending its own non-saturating loss: a phase with `trains = ('generator', 'critic')`."""
+  del trains
+  fake = _generate(models, generator, batch, condition, training=True)
+  real_logit = _score(models, critic, batch["x"], batch, condition, training=True)
+  fake_logit = _score(models, critic, fake, batch, condition, training=True)
+  return {f"loss/{generator}": tf.nn.softplus(-fake_logit),
+          f"loss/{critic}": tf.nn.softplus(-real_logit) + tf.nn.softplus(fake_logit),
+          "real_accuracy": tf.cast(real_logit > 0, tf.float32), "fake_accuracy": tf.cast(fake_logit < 0, tf.float32)}
