@@ -1,15 +1,20 @@
-"""trainer.tasks.cyclegan: unpaired data keyed by index, the joint losses' values and gradients, the evaluation."""
+"""trainer.tasks.cyclegan: unpaired data keyed by index, the joint losses' values and gradients, the evaluation, and
+configs/cyclegan_digits.gin shrunk to 4 updates."""
+
+import json
+import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import datasets
+from trainer import config, datasets, train
 from trainer.errors import UserError
 from trainer.tasks import cyclegan, models
 
 PIXELS = 64
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATORS, CRITICS = ("g_ab", "g_ba"), ("d_a", "d_b")
 
 
@@ -149,3 +154,18 @@ def test_a_translator_that_draws_nothing_keeps_no_label():
   figures = cyclegan.cyclegan_digits_quality(_nets(g_ab=_zeros("g_ab"), g_ba=_zeros("g_ba")))
   assert figures["accuracy"] <= 0.2 and figures["accuracy_ba"] <= 0.2  # one class for every digit: about 0.1
   assert figures["cycle_error"] > 0.5 and figures["real_accuracy"] >= 0.95
+
+
+def test_the_config_trains_both_joint_phases_and_reports_the_translation(tmp_path):
+  config.parse([os.path.join(REPO, "configs", "cyclegan_digits.gin")],
+               ["TRAIN_STEPS = 4", "train.eval_every = 2", "train.log_every = 2", "train.export_models = False"])
+  run = train.train(str(tmp_path), tf.distribute.MirroredStrategy(["/cpu:0"]))
+  final = {}  # the last update's records: its log line's figures and its evaluation's
+  for record in map(json.loads, open(tmp_path / "metrics.jsonl")):
+    final.update(record if record["update"] == 4 else {})
+  assert final and run.last_eval.items() <= final.items()
+  assert {"eval/accuracy", "eval/accuracy_ba", "eval/cycle_error", "eval/real_accuracy", "g/loss", "g/cycle",
+          "g/adversarial", "d/loss", "d/loss_a", "d/loss_b"} <= set(final), final
+  for phase, trained in (("g", GENERATORS), ("d", CRITICS)):  # one loss, a gradient for each of its models
+    assert all(final[f"{phase}/grad_norm/{name}"] > 0 for name in trained), final
+  assert sorted(os.listdir(tmp_path / "samples")) == ["eval_samples_000002.png", "eval_samples_000004.png"]

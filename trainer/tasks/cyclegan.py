@@ -1,18 +1,25 @@
 """CycleGAN (Zhu et al. 2017) between two unpaired digit domains: the data, the two joint losses, the evaluation.
 
 Domain A is the `digits` dataset's 8x8 images; domain B is the same kind of images TRANSPOSED (rows and columns
-swapped). Transposition is a good test of translation because it moves every pixel (no pixelwise map, such as
-inverting the colours, can do it) yet is known exactly, so a translation can be mapped back by the inverse and
-read by the fixed digits classifier: whether the digit's label survives is a number, as the GAN's accuracy is.
+swapped). Transposition is a good test of translation because it moves every pixel off the diagonal (no pixelwise
+map, such as inverting the colours, can do it) yet is known exactly, so a translation can be mapped back by the
+inverse and read by the fixed digits classifier: whether the digit's label survives is a number, as the GAN's
+accuracy is.
 
 Unpaired: the B image at global example index i is NOT the transpose of the A image at i, but of the example that
 the same input would read at index i + PARTNER_OFFSET, which lies in another epoch of its shuffle (a different,
 independently seeded permutation), so x_a and x_b come from different examples (the same one with chance 1/N).
 
-Four models and two joint phases: the generators g_ab (A -> B) and g_ba (B -> A) train together on one loss
-(`cycle_generator_loss`), the critics d_a and d_b together on another (`cycle_critic_loss`). The losses are the
-paper's least-squares GAN ones with an L1 cycle-consistency term. Nothing here draws random numbers, so every
-figure is a function of the batch (and hence of the example indices) alone.
+Four models and two joint phases (trainer.phase): the generators g_ab (A -> B) and g_ba (B -> A) train together
+on one loss (`cycle_generator_loss`), the critics d_a and d_b together on another (`cycle_critic_loss`). The losses
+are the paper's least-squares GAN ones with an L1 cycle-consistency term. Nothing here draws random numbers, so
+every figure is a function of the batch (and hence of the example indices) alone.
+
+The losses alone cannot tell the transpose from a map that also swaps digits (the other generator swaps them back),
+and MLP generators have no preference either: a Dense layer's functions and initialisation are the same under any
+fixed reordering of its input or output pixels, so to an MLP the transpose is no nearer than any other arrangement.
+Trained so, they swap digits (configs/cyclegan_digits.gin has the figures). `conditional=True` shows the critics
+each image's digit, which is what keeps it; the generators still never see a label.
 """
 
 from typing import Mapping, Sequence
@@ -99,9 +106,9 @@ def _l1(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
 
 
 @gin.configurable
-def cycle_generator_loss(models: Mapping[str, keras.Model], batch: dict, trains, g_ab: str = "g_ab",
-                         g_ba: str = "g_ba", d_a: str = "d_a", d_b: str = "d_b", cycle_weight: float = 10.0,
-                         identity_weight: float = 0.0, conditional: bool = False) -> dict:
+def cycle_generator_loss(models: Mapping[str, keras.Model], batch: dict, trains: str | tuple[str, ...],
+                         g_ab: str = "g_ab", g_ba: str = "g_ba", d_a: str = "d_a", d_b: str = "d_b",
+                         cycle_weight: float = 10.0, identity_weight: float = 0.0, conditional: bool = False) -> dict:
   """Both generators' joint loss, per example: adversarial + cycle_weight * cycle [+ identity_weight * identity].
 
   adversarial: (d_b(g_ab(x_a)) - 1)^2 + (d_a(g_ba(x_b)) - 1)^2, the least-squares GAN generator loss in both
@@ -127,8 +134,9 @@ def cycle_generator_loss(models: Mapping[str, keras.Model], batch: dict, trains,
 
 
 @gin.configurable
-def cycle_critic_loss(models: Mapping[str, keras.Model], batch: dict, trains, g_ab: str = "g_ab",
-                      g_ba: str = "g_ba", d_a: str = "d_a", d_b: str = "d_b", conditional: bool = False) -> dict:
+def cycle_critic_loss(models: Mapping[str, keras.Model], batch: dict, trains: str | tuple[str, ...],
+                      g_ab: str = "g_ab", g_ba: str = "g_ba", d_a: str = "d_a", d_b: str = "d_b",
+                      conditional: bool = False) -> dict:
   """Both critics' joint loss, per example: the least-squares GAN critic loss of each, halved as in the paper,
   0.5 * ((d(real) - 1)^2 + d(translation)^2), d_a on x_a against g_ba(x_b), d_b on x_b against g_ab(x_a).
 
@@ -137,9 +145,7 @@ def cycle_critic_loss(models: Mapping[str, keras.Model], batch: dict, trains, g_
   Figures: loss, loss_a and loss_b (each critic's part), real_score and fake_score (both critics' mean scores).
 
   conditional: the critics also see the image's one-hot digit label (batch 'y_a', 'y_b'), a translation its
-  source's, so a translation must keep its digit to pass as real. The generators never see a label: they translate
-  any image. Unconditional, nothing in the losses prefers the transpose to a map that also swaps digits (cycled
-  back by the other generator), and MLP generators do swap them (see configs/cyclegan_digits.gin).
+  source's, so a translation must keep its digit to pass as real (see the module docstring for why it is needed).
   """
   _check_trains("cycle_critic_loss", trains, (d_a, d_b))
   x_a, x_b = batch["x_a"], batch["x_b"]
