@@ -32,7 +32,7 @@ import time
 from absl import app, flags
 
 from trainer.console import parse_flags
-from trainer.threads import intra_op_threads
+from trainer.threads import intra_op_threads, max_sharing
 
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Worker processes to start.", lower_bound=1)
 _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 0, "Times to restart the whole job after a failure.",
@@ -163,6 +163,10 @@ def run_once(num_workers: int, trainer_args: list[str], grace: float) -> int:
 
 def main(argv: list[str]) -> None:
   trainer_args = argv[1:]
+  if _NUM_WORKERS.value > max_sharing():
+    print(f"error: --num_workers={_NUM_WORKERS.value} is more than this host's {os.cpu_count()} cores can run in "
+          f"reasonable time (at most {max_sharing()}); local workers stand in for hosts, so use 2 or 4", file=sys.stderr)
+    sys.exit(2)
   if not trainer_args:
     print("error: give the trainer.main flags after '--', e.g. -- --gin_file=configs/smoke.gin --model_dir=/tmp/run",
           file=sys.stderr)

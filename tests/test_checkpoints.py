@@ -50,22 +50,6 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_restorable(tmp
   print(f"killed while writing {torn}; the rerun resumed from {os.path.basename(latest)} and finished")
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-  """A 3 MB tmpfs at tmp_path/disk, as a nearly full disk (mounting needs root); unmounted afterwards."""
-  disk = tmp_path / "disk"
-  disk.mkdir()
-  try:
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True,
-                             text=True, timeout=30)
-  except OSError as e:
-    pytest.skip(f"cannot run mount: {e}")
-  if mounted.returncode != 0:
-    pytest.skip(f"cannot mount a 3 MB tmpfs (needs root): {mounted.stderr.strip()}")
-  yield disk
-  subprocess.run(["umount", "--lazy", str(disk)], check=False)
-
-
 SIZE = 400_000  # float32s: a 1.6 MB checkpoint, so the 3 MB disk holds one and fails writing the second
 
 

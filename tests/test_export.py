@@ -3,6 +3,8 @@ process and reproduce trainer's samples; on demand from a checkpoint; atomic."""
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -97,3 +99,17 @@ def test_a_failed_export_leaves_the_previous_one_in_place(tmp_path, monkeypatch)
 def test_a_directory_without_a_run_is_one_line(tmp_path):
   with pytest.raises(UserError, match="operative_config.gin not found: give the --model_dir of a run"):
     export.from_checkpoint(str(tmp_path))
+
+
+def test_a_missing_flag_an_unknown_model_or_a_stray_argument_is_one_line(tmp_path):
+  cli = lambda *args: subprocess.run([sys.executable, "-m", "trainer.export", *args], cwd=REPO, capture_output=True,
+                                     text=True, timeout=120)
+  missing = cli()
+  assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == (
+      "error: flag --model_dir=None: Flag --model_dir must have a value other than None. (--helpshort lists the flags)")
+  stray = cli(f"--model_dir={tmp_path}", "generator")
+  assert stray.returncode == 2 and stray.stderr.strip().splitlines()[-1] == (
+      "error: unexpected arguments: generator (flags take the form --name=value)")
+  nothing = cli(f"--model_dir={tmp_path / 'none'}")
+  assert nothing.returncode == 2 and nothing.stderr.strip().splitlines()[-1].endswith(
+      "operative_config.gin not found: give the --model_dir of a run trainer.main wrote")

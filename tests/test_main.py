@@ -34,6 +34,7 @@ def run_cli(*args, timeout=300):
     (["--gin_bindings=Schedule.cycle=[('critc', 5), ('generator', 1)]"], r"'critc'.*did you mean 'critic'"),
     (["--gin_bindings=GLOBAL_BATCH_SIZE=33", "--cpu_replicas=2"], r"GLOBAL_BATCH_SIZE=33 does not divide over 2"),
     (["--gin_bindings=train.steps_per_loop = "], r"bad gin config"),
+    (["--cpu_replicas=500"], r"^--cpu_replicas=500 is more than this host's \d+ cores can run .* use 2 or 4$"),
 ])
 def test_bad_input_names_the_problem(tmp_path, args, message):
   with pytest.raises(UserError, match=message):
@@ -122,6 +123,12 @@ def test_smoke_run_writes_everything_and_a_rerun_resumes(tmp_path):
   more = run_cli("--gin_file=configs/smoke.gin", f"--model_dir={tmp_path}", "--gin_bindings=TRAIN_STEPS=30")
   assert more.returncode == 0, more.stderr[-3000:]
   assert "from update 24 of 30" in more.stderr
+  # Other models than the checkpoint's: one line, and it is the last one (not followed by TensorFlow's warnings
+  # about each value it could not restore).
+  other = run_cli("--gin_file=configs/smoke.gin", f"--model_dir={tmp_path}", "--gin_bindings=TRAIN_STEPS=36",
+                  "--gin_bindings=critic/mlp.hidden=(17, 16)")
+  assert other.returncode == 2
+  assert other.stderr.strip().splitlines()[-1].startswith("error: cannot restore checkpoint"), other.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -141,6 +141,8 @@ def test_a_non_finite_joint_window_stops_before_it_for_every_model(tmp_path):
     (toy.phases(ab=(("a", "z"), toy.summed_prediction_error)), r"ab/phase.trains names 'z', which is not in train"),
     (toy.phases(ab=(("a", "a"), toy.summed_prediction_error)), r"ab/phase.trains = \('a', 'a'\): name each model once"),
     (toy.phases(ab=(("a", "b"), regression.squared_error)), None),
+    (toy.phases(ab=(("a", "b"), lambda models, batch, trains: regression.squared_error(models, batch, "a"))),
+     r"phase 'ab' trains model 'b', but its loss never calls it .*drop it from ab/phase.trains"),
     ({"ab": toy.per_model}, r"train.phases\['ab'\] must be a phase, e.g. @ab/phase\(\)"),
 ])
 def test_an_impossible_phase_is_one_line_naming_the_binding(tmp_path, phases, message):

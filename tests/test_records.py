@@ -202,3 +202,18 @@ def test_a_split_several_times_larger_than_the_memory_it_uses_trains_a_full_epoc
   assert report["update"] == updates and np.isfinite(report["loss"])
   # Most of the ~1.2 GiB peak is TensorFlow itself (the digits job peaks at 0.9 GiB); the split would not fit.
   assert written > 2.1 * 2**30 and report["peak_rss"] < written / 1.6
+
+
+@pytest.mark.slow
+def test_two_workers_on_the_disk_path_end_on_the_weights_of_one_process_on_it(tmp_path, data_dir):
+  args = ["--gin_file=configs/classifier_digits.gin", "--gin_bindings=TRAIN_STEPS=20",
+          "--gin_bindings=tfds_examples.source='disk'", f"--gin_bindings=tfds_examples.data_dir='{data_dir}'",
+          f"--gin_bindings=classifier_quality.data_dir='{data_dir}'"]
+  single = processes.run("-m", "trainer.main", f"--model_dir={tmp_path / 'one'}", *args)
+  assert single.returncode == 0, single.stderr[-3000:]
+  multi = processes.run("-m", "launch.local", "--num_workers=2", "--", f"--model_dir={tmp_path / 'two'}", *args)
+  assert multi.returncode == 0, multi.stdout[-3000:]
+  assert "on 2 replica(s)" in multi.stdout and multi.stdout.count("ArrayRecord files on disk") >= 2
+  # (max_diff also asserts the two checkpoints name the same data fingerprint)
+  diff = processes.max_diff(processes.checkpoint_state(tmp_path / "one"), processes.checkpoint_state(tmp_path / "two"))
+  assert diff <= 1e-6, diff

@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 from tests.processes import REPO
 from trainer import report
+from trainer.errors import UserError
 
 
 def test_renders_one_panel_per_model_plus_eval_and_throughput(tmp_path):
@@ -51,3 +53,31 @@ def test_without_matplotlib_it_says_what_to_install(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == ["error: trainer.report needs matplotlib: pip install matplotlib==3.11.2"]
   assert not (tmp_path / "metrics.png").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "holds no figures yet: the first is written after train.log_every updates"),
+    ('{"update": 5, "a/loss": 1.0}\nnot json\n{"update": 10, "a/loss": 0.5}\n',
+     r"metrics.jsonl:2 is not a JSON record \(Expecting value\); remove that line or use another --model_dir"),
+    ('[1, 2]\n', r"metrics.jsonl:1 is not a trainer metrics record \(no 'update'\); remove that line"),
+])
+def test_an_empty_or_damaged_metrics_file_is_one_line(tmp_path, content, message):
+  (tmp_path / "metrics.jsonl").write_text(content)
+  with pytest.raises(UserError, match=message):
+    report.render(str(tmp_path))
+
+
+def test_a_record_cut_short_at_the_end_is_left_out(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"update": 5, "a/loss": 1.0}\n{"update": 10, "a/lo')
+  assert report.render(str(tmp_path)).endswith("metrics.png")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "error: flag --model_dir=None: Flag --model_dir must have a value other than None. (--helpshort lists the "
+         "flags)"),
+    (["--model_dir=/tmp", "extra"], "error: unexpected arguments: extra (flags take the form --name=value)"),
+])
+def test_a_missing_flag_or_a_stray_argument_is_one_line(args, message):
+  result = subprocess.run([sys.executable, "-m", "trainer.report", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 2 and result.stderr.strip().splitlines() == [message]

@@ -1,4 +1,5 @@
-"""trainer.telemetry: pictures go to model_dir/samples/ as PNG (and TensorBoard), only on the chief."""
+"""trainer.telemetry: pictures go to model_dir/samples/ as PNG (and TensorBoard), only on the chief; a full disk is
+one line."""
 
 import os
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer.errors import UserError
 from trainer.telemetry import Telemetry
 
 
@@ -33,3 +35,29 @@ def test_a_picture_that_is_not_uint8_hwc_with_1_or_3_channels_is_refused(tmp_pat
     telemetry.image("eval/samples", picture, 1)
   telemetry.close()
   assert not os.path.exists(tmp_path / "samples")
+
+
+def _fill(directory):
+  """Writes zeros into directory/filler until its disk is full."""
+  with open(os.path.join(directory, "filler"), "wb") as f:
+    try:
+      while True:
+        f.write(b"\0" * 65536)
+        f.flush()
+    except OSError:
+      pass
+
+
+def test_a_full_disk_while_writing_figures_or_pictures_is_one_line_naming_what_to_do(small_disk):
+  telemetry = Telemetry(str(small_disk), total_updates=10)
+  _fill(small_disk)
+  expected = (f"disk full while writing {{}} in {small_disk}: free space there or choose another --model_dir, then "
+              "rerun; it starts from the beginning")
+  with pytest.raises(UserError) as raised:
+    telemetry.image("eval/samples", np.zeros((64, 64, 3), np.uint8), 5)
+  assert str(raised.value) == expected.format("the picture eval_samples_000005.png")
+  with pytest.raises(UserError) as raised:
+    for update in range(1000):  # the first records may fit in what the disk still buffers
+      telemetry.write({"update": update, "a/loss": 0.5, "padding": "x" * 4096}, update)
+  assert str(raised.value) == expected.format("metrics.jsonl and TensorBoard events")
+  telemetry.close()  # what it still buffers is lost, without a second error

@@ -88,9 +88,9 @@ def test_checkpoint_of_other_models_is_refused(tmp_path):
     toy.run(tmp_path, train_steps=4, models={"a": lambda: _wider("a"), "b": lambda: _wider("b")})
 
 
-def _wider(name):
+def _wider(name, width=9):
   from trainer.tasks import models
-  return models.mlp(input_dim=4, output_dim=1, hidden=(9,), name=name)
+  return models.mlp(input_dim=4, output_dim=1, hidden=(width,), name=name)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -99,6 +99,8 @@ def _wider(name):
     (dict(train_steps=0), r"TRAIN_STEPS.* must be a positive integer, got 0"),
     (dict(global_batch_size=-4), r"GLOBAL_BATCH_SIZE.* must be a positive integer"),
     (dict(replicas=2, global_batch_size=15), r"GLOBAL_BATCH_SIZE=15 does not divide over 2 replicas"),
+    (dict(models={"a": lambda: _wider("a", 0)}),
+     r"^train.models\['a'\] cannot be built: .*units.*; change the bindings of its builder \(e.g. a/mlp.hidden\)"),
 ])
 def test_bad_input_is_refused_with_what_to_change(tmp_path, kwargs, message):
   with pytest.raises(UserError, match=message):

@@ -10,30 +10,36 @@ same tensor are differentiated together, in one backward pass."""
 
 
 def accumulate_gradients(
-    objective: Objective, groups: Sequence[Sequence[tf.Variable]], micro_batches: Sequence[Any]
+    objective: Objective, groups: Sequence[Sequence[tf.Variable]], micro_batches: Sequence[Any],
+    on_unreached: Callable[[int], None] | None = None,
 ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
   """Sums d objective[i] / d groups[i], and the objective's figures, over `micro_batches`.
 
   Returns the gradients flat, group after group. With one micro-batch this is a single gradient computation. With
   K > 1 the micro-batches are visited by a `tf.while_loop`, so the graph does not grow with K. A variable the
   objective does not reach gets a zero gradient, so that every variable has a gradient of the same structure in
-  every micro-batch. Groups with their own scalar (several models each descending its own loss from one forward
-  pass) each take a backward pass of their own from the same tape.
+  every micro-batch; `on_unreached(i)` is called (while tracing) for a group none of whose variables the objective
+  reaches. Groups with their own scalar (several models each descending its own loss from one forward pass) each
+  take a backward pass of their own from the same tape.
   """
 
   def gradient(batch):
     flat = [v for group in groups for v in group]
-    with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+    # several groups may take several backward passes from one tape; one group, the plain tape of one model
+    with tf.GradientTape(watch_accessed_variables=False, persistent=len(groups) > 1) as tape:
       tape.watch(flat)
       values, figures = objective(batch)
     # one backward pass per distinct scalar, over the variables of every group that descends it
     grads = {}
     for value in {id(v): v for v in values}.values():
       variables = [v for group, own in zip(groups, values) if own is value for v in group]
-      for v, g in zip(variables, tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)):
-        grads[id(v)] = tf.convert_to_tensor(g)
+      grads.update(zip(map(id, variables), tape.gradient(value, variables)))  # None where not reached
     del tape
-    return [grads[id(v)] for v in flat], dict(figures)
+    for i, group in enumerate(groups):
+      if on_unreached and group and all(grads[id(v)] is None for v in group):
+        on_unreached(i)
+    zero_if_none = lambda v, g: tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+    return [zero_if_none(v, grads[id(v)]) for v in flat], dict(figures)
 
   grads, figures = gradient(micro_batches[0])
   if len(micro_batches) == 1:

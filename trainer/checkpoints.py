@@ -53,9 +53,13 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
   path = state.model_checkpoint_path
   older = [p for p in state.all_model_checkpoint_paths if p != path]
   fallback = f"; the previous one, {os.path.basename(older[-1])}, is then used" if older else ""
+  status = None
   try:
-    checkpoint.restore(path).assert_existing_objects_matched()
+    status = checkpoint.restore(path)
+    status.assert_existing_objects_matched()
   except Exception as e:  # pylint: disable=broad-except  (the reader raises OpError, IndexError, ValueError, ...)
+    if status is not None:  # else TensorFlow warns of every unrestored value when it is collected, after our line
+      status.expect_partial()
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise UserError(
         f"cannot restore checkpoint {path} ({type(e).__name__}: {reason}). If it is damaged, delete its files "
@@ -77,13 +81,14 @@ def save(manager: tf.train.CheckpointManager, checkpoint_number: int, check_inte
   try:
     return manager.save(checkpoint_number=checkpoint_number, check_interval=check_interval)
   except (tf.errors.ResourceExhaustedError, OSError) as e:
-    if not _is_disk_full(e):
+    if not is_disk_full(e):
       raise
     _remove_unfinished(manager.directory, f"ckpt-{checkpoint_number}")
     raise UserError(_disk_full_message(manager.directory, checkpoint_number)) from e
 
 
-def _is_disk_full(error: Exception) -> bool:
+def is_disk_full(error: Exception) -> bool:
+  """Whether `error` (an OSError or a TensorFlow OpError) says the disk or a quota is full."""
   if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
     return True
   return any(text in str(error) for text in _DISK_FULL_TEXTS)

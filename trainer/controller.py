@@ -14,6 +14,7 @@ import tensorflow as tf
 from trainer.errors import ClusterFault, Preempted, TrainingFailed
 from trainer.faults import Preemption, Watchdog
 from trainer.cycle import CycleLoop
+from trainer.divergence import SkipGuard
 from trainer.schedule import Entry, Schedule
 from trainer.step import PhaseLoop
 from trainer.telemetry import Telemetry
@@ -72,7 +73,7 @@ class Controller:
   def __init__(self, *, schedule: Schedule, train_steps: int, steps_per_loop: int, start: int,
                make_loop: Callable[[Entry], PhaseLoop], iterator: Iterator, telemetry: Telemetry,
                checkpointer: Checkpointer, actions: list[Action], watchdog: Watchdog, preemption: Preemption,
-               chief: bool, span_phases: bool = True):
+               chief: bool, span_phases: bool = True, guard: SkipGuard | None = None):
     self.update = start
     self.loops: dict[tuple[str, int], PhaseLoop] = {}
     self.cycle: CycleLoop | None = None
@@ -81,6 +82,7 @@ class Controller:
     self._make_loop, self._iterator, self._telemetry = make_loop, iterator, telemetry
     self._checkpointer, self._actions = checkpointer, [*actions, checkpointer]
     self._watchdog, self._preemption, self._chief = watchdog, preemption, chief
+    self._guard = guard or SkipGuard()
 
   def run(self) -> int:
     """Trains to `train_steps`; returns the update reached."""
@@ -129,7 +131,12 @@ class Controller:
     with self._watchdog.watch(f"updates {self.update + 1}-{self.update + n}"):
       span = loop.run(self._iterator, offset, n)
     self._telemetry.record(span.figures, span.examples)
+    diverging = self._guard.observe(span.figures, self.update)
     self.update += span.applied
+    if diverging:  # every worker read the same reduced figures, so every worker stops here
+      saved = self._checkpointer.save(self.update)
+      raise TrainingFailed(f"{diverging} by update {self.update}; the state is saved as {saved}. Lower the learning "
+                           "rate or check the data and the losses")
     if span.failed:  # the loop stopped before a non-finite update: keep the last good state
       saved = self._checkpointer.save(self.update)
       phase, figures = span.failed

@@ -118,9 +118,10 @@ def from_checkpoint(model_dir: str, model: str | None = None) -> str:
 
 
 def main(argv: list[str]) -> None:
-  del argv
   try:
     with console.exit_on_stop():
+      if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
       print(from_checkpoint(flags.FLAGS.model_dir, flags.FLAGS.model))
   finally:
     gin.clear_config()
@@ -131,4 +132,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("model_dir", None, "The run's directory (holds operative_config.gin and checkpoints/).")
   flags.DEFINE_string("model", None, "The model to export (default: every model of the run).")
   flags.mark_flag_as_required("model_dir")
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

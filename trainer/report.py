@@ -1,21 +1,23 @@
 """Training curves as a picture: python -m trainer.report --model_dir=DIR writes DIR/metrics.png.
 
-Reads DIR/metrics.jsonl (written by trainer.main): one panel per model with its figures over updates, one with the
+Reads DIR/metrics.jsonl (written by trainer.main): one panel per phase with its figures over updates, one with the
 evaluation figures, one with examples/s. Needs matplotlib, which only this module imports (training does not).
 """
 
 import collections
 import json
 import os
-import sys
 
 from absl import app, flags
+
+from trainer import console
+from trainer.errors import UserError
 
 MATPLOTLIB = "matplotlib==3.11.2"  # the version requirements.txt pins
 
 
 def panels(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
-  """{panel: {series: (updates, values)}}: one panel per model ('<model>/<figure>'), 'eval' and 'throughput'."""
+  """{panel: {series: (updates, values)}}: one panel per phase ('<phase>/<figure>'), 'eval' and 'throughput'."""
   out = collections.defaultdict(lambda: collections.defaultdict(lambda: ([], [])))
   for r in records:
     for key, value in r.items():
@@ -42,17 +44,39 @@ def split_axes(series: dict[str, tuple[list[int], list[float]]], ratio: float = 
   return sorted(names[:cut]), sorted(names[cut:])
 
 
+def _records(path: str) -> list[dict]:
+  """metrics.jsonl's records; a line that is not a JSON object (a damaged file) is one UserError naming it. A last
+  line cut short (a run killed while writing it) is left out."""
+  with open(path, encoding="utf-8") as f:
+    lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+  records = []
+  for i, (n, line) in enumerate(lines):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1 and not line.endswith("\n"):
+        break
+      raise UserError(f"{path}:{n} is not a JSON record ({e.msg}); remove that line or use another --model_dir") from e
+    if not isinstance(record, dict) or not isinstance(record.get("update"), int):
+      raise UserError(f"{path}:{n} is not a trainer metrics record (no 'update'); remove that line")
+    records.append(record)
+  return records
+
+
 def render(model_dir: str) -> str:
   """Writes model_dir/metrics.png and returns its path."""
   path = os.path.join(model_dir, "metrics.jsonl")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} does not exist; `python -m trainer.main --model_dir={model_dir} ...` writes it")
-  import matplotlib  # pylint: disable=import-outside-toplevel
+    raise UserError(f"{path} does not exist; `python -m trainer.main --model_dir={model_dir} ...` writes it")
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UserError(f"trainer.report needs matplotlib: pip install {MATPLOTLIB}") from e
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  with open(path, encoding="utf-8") as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  groups = panels(records)
+  groups = panels(_records(path))
+  if not groups:
+    raise UserError(f"{path} holds no figures yet: the first is written after train.log_every updates")
   figure, axes = plt.subplots(len(groups), 1, figsize=(8, 2.6 * len(groups)), squeeze=False, sharex=True)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, (panel, series) in zip(axes[:, 0], groups.items()):
@@ -76,19 +100,14 @@ def render(model_dir: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-  del argv
-  try:
+  with console.exit_on_stop():
+    if len(argv) > 1:
+      raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
     print(render(flags.FLAGS.model_dir))
-  except ImportError:
-    print(f"error: trainer.report needs matplotlib: pip install {MATPLOTLIB}", file=sys.stderr)
-    sys.exit(2)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":
   # Defined here, not at import: trainer.main defines its own --model_dir, and tests import both modules.
   flags.DEFINE_string("model_dir", None, "The run's directory (holds metrics.jsonl).")
   flags.mark_flag_as_required("model_dir")
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

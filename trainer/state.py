@@ -33,7 +33,12 @@ def build(strategy: tf.distribute.Strategy, factories: Mapping[str, Callable[[],
     models, optimizers = {}, {}
     for name, factory in sorted(factories.items()):
       with building(policy[name]):
-        model = factory()
+        try:
+          model = factory()
+        except (ValueError, TypeError) as e:  # Keras's own check of an impossible size (a layer of width 0, ...)
+          first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+          raise UserError(f"train.models['{name}'] cannot be built: {first}; change the bindings of its builder "
+                          f"(e.g. {name}/mlp.hidden)") from e
       if not isinstance(model, keras.Model) or not model.built or not model.trainable_variables:
         raise UserError(f"train.models['{name}'] must return a built keras.Model with trainable weights "
                         "(give it a keras.Input)")

@@ -35,8 +35,9 @@ class Status(enum.IntEnum):
 
   APPLIED = 0   # its update was applied
   SKIPPED = 1   # a float16 gradient overflow: not applied, the loss scale halves; training goes on
-  STOP = 2      # a non-finite loss or gradient (or a loss scale below 1): not applied, the call stops before it
-  NOT_LIVE = 3  # an earlier window of the same straight-line cycle stopped: computed, changes nothing
+  DROPPED = 2   # non-finite under train.on_nonfinite = 'skip': not applied, nothing moves; training goes on
+  STOP = 3      # a non-finite loss or gradient (or a loss scale below 1): not applied, the call stops before it
+  NOT_LIVE = 4  # an earlier window of the same straight-line cycle stopped: computed, changes nothing
 
 
 class Span(NamedTuple):
@@ -67,14 +68,16 @@ class PhaseLoop:
   """
 
   def __init__(self, strategy: tf.distribute.Strategy, state: State, phase: Phase, micro_batches: int,
-               global_batch_size: int, jit_compile: bool | str = "auto", replica_update: bool = True):
+               global_batch_size: int, jit_compile: bool | str = "auto", replica_update: bool = True,
+               skip_nonfinite: bool = False):
     """`jit_compile` compiles each replica's window (the K forward and backward passes) and its update with XLA;
     "auto" (Keras's default too) does so on GPU and TPU replicas, not on CPU ones, where XLA's code ran slower than
     TensorFlow's kernels for every job measured (docs/performance.md).
     `replica_update` False applies the reduced gradient with Keras's `apply_gradients` in cross-replica context
     instead (a broadcast from replica 0 on several devices, no clipping), for optimizers trainer.update cannot
     take apart. A phase with float16 models scales its loss by the smallest of their loss scales and skips
-    windows whose gradient overflows (trainer.precision)."""
+    windows whose gradient overflows (trainer.precision). `skip_nonfinite` drops a non-finite window instead of
+    stopping before it (trainer.divergence)."""
     if jit_compile not in (True, False, "auto"):
       raise UserError(f"PhaseLoop.jit_compile = {jit_compile!r}: use True, False or 'auto'")
     if jit_compile == "auto":
@@ -93,7 +96,9 @@ class PhaseLoop:
                       "PhaseLoop.replica_update = False to be left at True")
     self.replica_update = replica_update
     norms = ["grad_norm"] if not phase.joint else [f"grad_norm/{m}" for m in self.trains]
-    self._tail = [*norms, *(["loss_scale", "skipped"] if self._loss_scales else [])]
+    self._skip_nonfinite = skip_nonfinite
+    self._tail = [*norms, *(["loss_scale", "skipped"] if self._loss_scales else []),
+                  *(["nonfinite_skipped"] if skip_nonfinite else [])]
     self._loss_keys = ["loss"]  # or "loss/<model>" per trained model: set when traced
     self.micro_batches = micro_batches
     self.figure_names: list[str] = []  # set when traced
@@ -143,6 +148,10 @@ class PhaseLoop:
         values[key] *= scale
     return [values[k] for k in self._loss_keys], sums
 
+  def _unreached(self, i: int) -> None:
+    raise UserError(f"phase '{self.name}' trains model '{self.trains[i]}', but its loss never calls it (no gradient "
+                    f"reaches it); call it in the loss or drop it from {self.name}/phase.trains")
+
   def _window(self, micro_batches):
     """Replica context: this replica's share of the window gradient, figures and BatchNorm statistics (the
     trained models'), and those statistics as they were before. No communication."""
@@ -151,7 +160,7 @@ class PhaseLoop:
     trained = [v for m in self.trains for v in update.moving_statistics(self._models[m])]
     others = [v for m in self._models if m not in self.trains for v in update.moving_statistics(self._models[m])]
     before, others_before = ([tf.identity(v.value) for v in vs] for vs in (trained, others))
-    grads, figures = accumulate_gradients(self._objective, groups, micro_batches)
+    grads, figures = accumulate_gradients(self._objective, groups, micro_batches, self._unreached)
     for v, value in zip(others, others_before):  # a model the phase does not train keeps its statistics
       v.assign(value)
     # The trained models' statistics moved on this replica's micro-batches only; their replica mean travels in the
@@ -170,11 +179,11 @@ class PhaseLoop:
     if scale is not None:
       grads = [[g / scale for g in group] for group in grads]
     norms = [tf.linalg.global_norm(group) for group in grads]
-    status, finite, skipped = decide(list(figures.values()), norms, scale, live)
+    status, finite, skipped = decide(list(figures.values()), norms, scale, live, self._skip_nonfinite)
     # The window's statistics are kept also when it is skipped (its forward passes ran on good inputs); a window
     # that stops the run leaves them as they were before it, as it leaves the weights, so the last good state
     # saved is that of the update before it.
-    kept = [tf.where(status < Status.STOP, s, b) for s, b in zip(statistics, before)]
+    kept = [tf.where(status <= Status.SKIPPED, s, b) for s, b in zip(statistics, before)]
     for m in self.trains:
       n = len(update.moving_statistics(self._models[m]))
       update.set_moving_statistics(self._models[m], kept[:n])
@@ -185,12 +194,14 @@ class PhaseLoop:
           update.apply(optimizer, update.clip(optimizer, group, norm), variables)  # each model's own optimizer
         return tf.constant(True)
       tf.cond(finite & live, apply, lambda: tf.constant(False))
+    dropped = [tf.cast(status == Status.DROPPED, tf.float32)] if self._skip_nonfinite else []
     if scale is None:
-      return status, tf.stack(norms)
+      return status, tf.stack([*norms, *dropped])
     for loss_scale in self._loss_scales:
-      tf.cond(status < Status.STOP, lambda s=loss_scale: s.next(finite), lambda s=loss_scale: s.scale.read_value())
+      tf.cond(status <= Status.SKIPPED, lambda s=loss_scale: s.next(finite),
+              lambda s=loss_scale: s.scale.read_value())
     shown = [tf.where(skipped, float("nan"), n) for n in norms]
-    return status, tf.stack([*shown, scale, tf.cast(skipped, tf.float32)])
+    return status, tf.stack([*shown, scale, tf.cast(skipped, tf.float32), *dropped])
 
   def step(self, iterator, live: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list]:
     """One window, traced into a loop: returns (Status, figure row in `figure_names` order, reduced gradients),
@@ -270,17 +281,21 @@ class PhaseLoop:
     return self.loop.experimental_get_tracing_count()
 
 
-def decide(figures: list[tf.Tensor], norms: list[tf.Tensor], scale: tf.Tensor | None,
-           live: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def decide(figures: list[tf.Tensor], norms: list[tf.Tensor], scale: tf.Tensor | None, live: tf.Tensor,
+           drop: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """A window's Status from its reduced figures and per-model gradient norms (the same on every replica, so every
   replica decides alike), and whether it is finite and was skipped: with a float16 `scale`, a finite loss whose
-  gradient overflows is skipped while the scale can halve; anything else non-finite stops the call."""
+  gradient overflows is skipped while the scale can halve; anything else non-finite stops the call, or with
+  `drop` (train.on_nonfinite = 'skip') is dropped."""
   loss_finite = tf.reduce_all([tf.math.is_finite(f) for f in figures])
-  finite = loss_finite & tf.reduce_all([tf.math.is_finite(n) for n in norms])
+  finite = loss_finite & (tf.math.is_finite(norms[0]) if len(norms) == 1 else
+                         tf.reduce_all([tf.math.is_finite(n) for n in norms]))
   skipped = loss_finite & ~finite
   status = tf.where(finite, Status.APPLIED, Status.STOP)
   if scale is not None:
     status = tf.where(skipped & (scale >= 2.0), Status.SKIPPED, status)
+  if drop:
+    status = tf.where(status == Status.STOP, Status.DROPPED, status)
   return tf.where(live, status, Status.NOT_LIVE), finite, skipped
 
 

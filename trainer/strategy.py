@@ -14,7 +14,7 @@ from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import
 
 from trainer.errors import UserError
 from trainer.faults import wait_for_peers
-from trainer.threads import intra_op_threads
+from trainer.threads import intra_op_threads, max_sharing
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 
@@ -97,6 +97,10 @@ def split_cpu(replicas: int) -> None:
   """Makes `replicas` logical CPU devices. Must run before anything initialises the TF runtime."""
   if replicas < 1:
     raise UserError(f"--cpu_replicas must be >= 1, got {replicas}")
+  if replicas > max_sharing():
+    raise UserError(f"--cpu_replicas={replicas} is more than this host's {os.cpu_count()} cores can run in reasonable "
+                    f"time (at most {max_sharing()}: each replica is one more copy of every model, traced and run "
+                    "on the same cores); CPU replicas stand in for GPUs in tests, so use 2 or 4")
   cpu = tf.config.list_physical_devices("CPU")[0]
   current = tf.config.get_logical_device_configuration(cpu)
   if replicas == 1 or (current and len(current) >= replicas):

@@ -1,15 +1,19 @@
 """Progress reporting: a console line, one JSON object per interval in metrics.jsonl, TensorBoard scalars and
 images, and evaluation pictures as PNG files in model_dir/samples/."""
 
+import contextlib
 import json
 import math
 import os
 import time
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from trainer.checkpoints import is_disk_full
+from trainer.errors import UserError
 
 
 def format_duration(seconds: float) -> str:
@@ -88,13 +92,27 @@ class Telemetry:
     """Appends `record` to metrics.jsonl and writes its numeric entries as TensorBoard scalars at `step`."""
     if not self._write_files:
       return
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
-    with self._writer.as_default(step=step):
-      for key, value in record.items():
-        if key not in ("update", "total_updates", "time") and isinstance(value, (int, float)):
-          tf.summary.scalar(key, value)
-    self._writer.flush()
+    with self._disk("metrics.jsonl and TensorBoard events"):
+      self._jsonl.write(json.dumps(record) + "\n")
+      self._jsonl.flush()
+      with self._writer.as_default(step=step):
+        for key, value in record.items():
+          if key not in ("update", "total_updates", "time") and isinstance(value, (int, float)):
+            tf.summary.scalar(key, value)
+      self._writer.flush()
+
+  @contextlib.contextmanager
+  def _disk(self, what: str) -> Iterator[None]:
+    """Within: a full disk is one UserError (exit 2) saying what to do; the checkpoints are not touched."""
+    try:
+      yield
+    except (OSError, tf.errors.OpError) as e:
+      if not is_disk_full(e):
+        raise
+      latest = tf.train.latest_checkpoint(os.path.join(self._model_dir, "checkpoints"))
+      resume = f"resumes from {os.path.basename(latest)}" if latest else "starts from the beginning"
+      raise UserError(f"disk full while writing {what} in {self._model_dir}: free space there or choose another "
+                      f"--model_dir, then rerun; it {resume}") from e
 
   def evaluation(self, results: Mapping[str, float | np.ndarray], update: int, seconds: float) -> dict:
     """Reports an evaluation's results at `update`: uint8 arrays as pictures (`image`), the rest as numbers on the
@@ -117,17 +135,23 @@ class Telemetry:
       raise ValueError(f"picture {name!r} must be uint8 [H, W, 1 or 3], got {image.dtype} {list(image.shape)}")
     if not self._write_files:
       return None
-    with self._writer.as_default(step=step):
-      tf.summary.image(name, image[None])
-    self._writer.flush()
     directory = os.path.join(self._model_dir, "samples")
-    tf.io.gfile.makedirs(directory)
     path = os.path.join(directory, f"{name.replace('/', '_')}_{step:06d}.png")
-    with tf.io.gfile.GFile(path, "wb") as f:
-      f.write(tf.io.encode_png(image).numpy())
+    with self._disk(f"the picture {os.path.basename(path)}"):
+      with self._writer.as_default(step=step):
+        tf.summary.image(name, image[None])
+      self._writer.flush()
+      tf.io.gfile.makedirs(directory)
+      with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(tf.io.encode_png(image).numpy())
     return path
 
   def close(self) -> None:
+    """Closes the files; on a full disk (already reported by the write that met it) what they still buffer is lost."""
     if self._jsonl:
-      self._jsonl.close()
-      self._writer.close()
+      for close in (self._jsonl.close, self._writer.close):
+        try:
+          close()
+        except (OSError, tf.errors.OpError) as e:
+          if not is_disk_full(e):
+            raise

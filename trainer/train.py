@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import actions, checkpoints, fingerprints, phase as phases_
+from trainer.divergence import SkipGuard
 from trainer.controller import Checkpointer, Controller
 from trainer.cycle import CycleLoop
 from trainer.data import ExamplesFn, distributed_iterator
@@ -125,6 +126,7 @@ def train(
     export: actions.ExportFn | None = None,
     export_models: bool = True,
     precision: str | Mapping[str, str] = "float32",
+    on_nonfinite: str = "stop",
     on_setup: Callable[[str], None] | None = None,
     stall_timeout: float = 0,
 ) -> Run:
@@ -159,6 +161,8 @@ def train(
       (trainer.export: .keras and SavedModel, EMA weights where kept); `python -m trainer.export` does it later.
     precision: a Keras dtype policy for every model ('float32', 'mixed_bfloat16', 'mixed_float16'), or a dict from
       model name to one (trainer.precision); float16 models get dynamic loss scaling.
+    on_nonfinite: 'stop' (exit 3 before a non-finite window) or 'skip' (drop it and go on, within the limits of
+      SkipGuard's bindings): trainer.divergence.
     on_setup: called with model_dir once everything is built (trainer.main writes the operative config there).
     stall_timeout: seconds one compiled loop call may take before the process exits with code 4 (0: no limit);
       trainer.main's --stall_timeout. A stalled peer otherwise blocks the others' collectives forever.
@@ -170,7 +174,7 @@ def train(
                        strategy.num_replicas_in_sync,
                        dict(steps_per_loop=steps_per_loop, log_every=log_every, checkpoint_every=checkpoint_every,
                             keep_checkpoints=keep_checkpoints, eval_every=eval_every))
-  chief = is_chief(strategy)
+  guard, chief = SkipGuard(on_nonfinite), is_chief(strategy)
   if chief:
     _check_writable(model_dir)
   state = build(strategy, models, optimizers, seed, precision)
@@ -195,7 +199,8 @@ def train(
     logging.info("training %s with %s on %d replica(s), global batch %d, from update %d of %d", ", ".join(state.models),
                  schedule, strategy.num_replicas_in_sync, global_batch_size, start, train_steps)
     iterator = _input(strategy, examples, global_batch_size, state.counters["micro_batch"], fingerprint, checkpoint_dir)
-    make_loop = lambda entry: PhaseLoop(strategy, state, resolved[entry.name], entry.micro_batches, global_batch_size)
+    make_loop = lambda entry: PhaseLoop(strategy, state, resolved[entry.name], entry.micro_batches, global_batch_size,
+                                        skip_nonfinite=guard.skips)
     log = actions.Log(telemetry, log_every, schedule, train_steps, global_batch_size)
     evaluation = evaluate and actions.Evaluation(evaluate, state.models, state.optimizers, telemetry, eval_every)
     periodic = [log, evaluation, actions.Export(export, state.models, state.optimizers, model_dir, export_models)]
@@ -203,7 +208,7 @@ def train(
     controller = Controller(schedule=schedule, train_steps=train_steps, steps_per_loop=steps_per_loop, start=start,
                             make_loop=make_loop, iterator=iterator, telemetry=telemetry, checkpointer=checkpointer,
                             actions=[a for a in periodic if a], watchdog=watchdog, preemption=preemption, chief=chief,
-                            span_phases=span_phases)
+                            span_phases=span_phases, guard=guard)
     update = controller.run()
   finally:
     preemption.close()
