@@ -39,11 +39,10 @@ def test_a_picture_that_is_not_uint8_hwc_with_1_or_3_channels_is_refused(tmp_pat
 
 def _fill(directory):
   """Writes zeros into directory/filler until its disk is full."""
-  with open(os.path.join(directory, "filler"), "wb") as f:
+  with open(os.path.join(directory, "filler"), "wb", buffering=0) as f:  # nothing left to flush at close
     try:
       while True:
         f.write(b"\0" * 65536)
-        f.flush()
     except OSError:
       pass
 
