@@ -42,6 +42,7 @@ def test_a_shorter_run_is_one_binding_away():
   assert gin.query_parameter("%TRAIN_STEPS") == 20
 
 
+@pytest.mark.slow
 def test_every_config_imports_the_modules_it_configures():
   # In a fresh process nothing but trainer.main's own imports is loaded, so a config that forgot an
   # `import trainer.tasks...` line fails here (in this process other tests have imported everything already).

@@ -11,6 +11,7 @@ from trainer.errors import UserError
 from trainer.tasks import classify
 
 
+@pytest.mark.slow
 def test_a_users_module_trains_through_a_gin_import_line(tmp_path):
   result = run("-m", "trainer.main", "--gin_file=examples/my_models.gin", f"--model_dir={tmp_path}",
                env={"PYTHONPATH": os.path.join(REPO, "examples")})
@@ -21,6 +22,7 @@ def test_a_users_module_trains_through_a_gin_import_line(tmp_path):
   assert evaluation["eval/mine/mse"] < 0.05  # learned: the noise floor is 0.01, the untrained model ~15
 
 
+@pytest.mark.slow
 def test_without_its_directory_on_the_path_the_import_is_one_line(tmp_path):
   result = run("-m", "trainer.main", "--gin_file=examples/my_models.gin", f"--model_dir={tmp_path}")
   assert result.returncode == 2

@@ -101,6 +101,7 @@ def test_a_directory_without_a_run_is_one_line(tmp_path):
     export.from_checkpoint(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_missing_flag_an_unknown_model_or_a_stray_argument_is_one_line(tmp_path):
   cli = lambda *args: subprocess.run([sys.executable, "-m", "trainer.export", *args], cwd=REPO, capture_output=True,
                                      text=True, timeout=120)

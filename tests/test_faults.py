@@ -60,6 +60,7 @@ def test_a_busy_port_is_reported():
       wait_for_peers(addresses, 0, timeout=1)
 
 
+@pytest.mark.slow
 def test_the_watchdog_ends_a_stuck_call_with_exit_code_4_after_its_cleanup(tmp_path):
   scratch = tmp_path / "worker-checkpoints"
   scratch.mkdir()

@@ -58,6 +58,7 @@ def test_the_loss_scale_grows_after_good_windows_and_resumes_bit_for_bit(tmp_pat
   assert state["loss_scale_b/scale/.ATTRIBUTES/VARIABLE_VALUE"] == 1024.0 * 2 ** 2  # 5 good: doubled twice
 
 
+@pytest.mark.slow
 def test_bfloat16_and_float16_models_train_a_regression_to_the_noise_floor(tmp_path):
   for policy in ("mixed_bfloat16", "mixed_float16"):
     result = run("-m", "trainer.main", "--gin_file=configs/seed_alternating.gin", f"--model_dir={tmp_path / policy}",

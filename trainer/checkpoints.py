@@ -58,8 +58,11 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
     status = checkpoint.restore(path)
     status.assert_existing_objects_matched()
   except Exception as e:  # pylint: disable=broad-except  (the reader raises OpError, IndexError, ValueError, ...)
-    if status is not None:  # else TensorFlow warns of every unrestored value when it is collected, after our line
+    # Else TensorFlow warns of every value it did not restore when the half-restored objects are collected, which
+    # is after our one line, at exit.
+    if status is not None:
       status.expect_partial()
+    tf.get_logger().addFilter(_drop_unrestored_warnings)
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise UserError(
         f"cannot restore checkpoint {path} ({type(e).__name__}: {reason}). If it is damaged, delete its files "
@@ -68,6 +71,13 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
     ) from e
   logging.info("restored %s", path)
   return path
+
+
+def _drop_unrestored_warnings(record) -> bool:
+  """A logging filter: False for TensorFlow's warnings about values a failed restore left unrestored."""
+  message = str(record.msg)
+  return not (message.startswith("Detecting that an object or model or tf.train.Checkpoint is being deleted")
+              or message.startswith("Value in checkpoint could not be found"))
 
 
 def save(manager: tf.train.CheckpointManager, checkpoint_number: int, check_interval: bool = True) -> str | None:
