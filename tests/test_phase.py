@@ -20,8 +20,9 @@ from trainer.tasks import regression
 FORMS = {
     "joint": toy.phases(ab=(("a", "b"), toy.summed_prediction_error)),
     "per_model": toy.phases(ab=(("a", "b"), toy.per_model)),
-    "second_loss": toy.phases(ab=("a", regression.absolute_error)),  # 'a' under another loss than train.losses'
 }
+# (a second loss for one model is a one-model phase, whose window is a model-named phase's: tests/test_step.py;
+# it is in the resume, figures and cycle tests here and in tests/equivalence.gin's multi-replica runs)
 
 
 def _equal(x, y, names="abc"):

@@ -42,6 +42,7 @@ def test_an_overflow_on_one_replica_skips_the_window_on_every_replica(tmp_path):
   assert skipped.last_log["a/skipped"] == 0.25 and skipped.last_log["a/loss_scale"] == (3 * 1024 + 1024) / 4
 
 
+@pytest.mark.slow  # a longer run: the fast tier stays under 5 minutes
 def test_the_loss_scale_grows_after_good_windows_and_resumes_bit_for_bit(tmp_path):
   gin.bind_parameter("LossScale.initial_scale", 1024.0)
   gin.bind_parameter("LossScale.growth_steps", 2)

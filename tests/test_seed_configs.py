@@ -22,6 +22,7 @@ def _state(run, name):
           + [np.array(v) for v in run.optimizers[name].variables])
 
 
+@pytest.mark.slow  # a longer run: the fast tier stays under 5 minutes
 def test_alternating_each_update_trains_one_model_and_leaves_the_other_bit_for_bit(tmp_path):
   before = _run("seed_alternating", tmp_path, "TRAIN_STEPS = 2")  # a, b
   a_before, b_before = _state(before, "a"), _state(before, "b")
@@ -32,6 +33,7 @@ def test_alternating_each_update_trains_one_model_and_leaves_the_other_bit_for_b
   assert [int(after.optimizers[n].iterations.numpy()) for n in "ab"] == [2, 1]
 
 
+@pytest.mark.slow  # a longer run: the fast tier stays under 5 minutes
 def test_round_robin_accumulates_per_update_not_per_epoch(tmp_path):
   accumulated = _run("seed_round_robin", tmp_path / "k4", "TRAIN_STEPS = 6")
   assert [int(accumulated.optimizers[n].iterations.numpy()) for n in "abc"] == [2, 2, 2]  # one apply per window
@@ -44,6 +46,7 @@ def test_round_robin_accumulates_per_update_not_per_epoch(tmp_path):
       assert np.max(np.abs(np.array(x) - np.array(y))) <= 1e-6
 
 
+@pytest.mark.slow  # a longer run: the fast tier stays under 5 minutes
 def test_two_losses_each_model_logs_its_own_loss_and_uses_its_own_optimizer(tmp_path):
   run = _run("seed_two_losses", tmp_path, "TRAIN_STEPS = 2", "train.log_every = 2")
   assert type(run.optimizers["a"]).__name__ == "Adam" and type(run.optimizers["b"]).__name__ == "SGD"

@@ -139,6 +139,7 @@ def test_a_non_finite_gradient_of_a_finite_loss_stops_before_the_update(tmp_path
       assert np.all(np.isfinite(reader.get_tensor(name))), name
 
 
+@pytest.mark.slow  # a longer run: the fast tier stays under 5 minutes
 def test_a_warmup_that_is_not_a_multiple_of_the_cycle_trains_and_resumes_inside_it(tmp_path):
   kwargs = dict(warmup=[("a", 3)], cycle=[("a", 1), ("b", 1)], train_steps=9, steps_per_loop=8)
   whole = toy.run(tmp_path / "whole", **kwargs)

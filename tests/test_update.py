@@ -109,6 +109,7 @@ def test_batchnorm_trains_at_1_and_2_replicas_with_moving_statistics_equal_on_ev
   assert np.abs(variances[0] - variances[1]).max() > 1e-6
 
 
+@pytest.mark.slow  # a longer run: the fast tier stays under 5 minutes
 def test_a_resumed_batchnorm_run_at_2_replicas_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):
   whole = _bn_run(tmp_path / "whole", replicas=2, train_steps=2)
   _bn_run(tmp_path / "parts", replicas=2, train_steps=1)
