@@ -152,6 +152,7 @@ def test_a_warmup_that_is_not_a_multiple_of_the_cycle_trains_and_resumes_inside_
   assert toy.max_diff(toy.weights(whole), toy.weights(resumed)) == 0
 
 
+@pytest.mark.slow  # a longer run: the fast tier stays under 5 minutes
 def test_resume_at_two_replicas_with_k_micro_batches_continues_the_data_exactly(tmp_path):
   kwargs = dict(replicas=2, cycle=[("a", 2, 3), ("b", 1, 2)], train_steps=8, checkpoint_every=4)
   whole = toy.run(tmp_path / "whole", **kwargs)
