@@ -20,7 +20,7 @@ import gin
 import numpy as np
 from absl import logging
 
-from trainer.errors import UserError
+from trainer.errors import UserError, check_count
 
 POLICIES = ("stop", "skip")
 RECENT = 1000  # updates over which max_share is counted
@@ -33,8 +33,7 @@ class SkipGuard:
   def __init__(self, policy: str = "stop", max_consecutive: int = 10, max_share: float = 0.05):
     if policy not in POLICIES:
       raise UserError(f"train.on_nonfinite = {policy!r}: use 'stop' or 'skip'")
-    if isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 1:
-      raise UserError(f"SkipGuard.max_consecutive must be a positive integer, got {max_consecutive!r}")
+    check_count("SkipGuard.max_consecutive", max_consecutive)
     if not 0 < max_share <= 1:
       raise UserError(f"SkipGuard.max_share must be a share in (0, 1], got {max_share!r}")
     self.skips = policy == "skip"

@@ -140,10 +140,10 @@ class PhaseLoop:
     regularisation = [tf.add_n([tf.cast(x, tf.float32) for x in self._models[m].losses]) / share
                       if self._models[m].losses else None for m in self.trains]
     values = {}
+    scale = self._scale()
     for key in dict.fromkeys(self._loss_keys):  # one value per distinct loss, so a joint loss is one tensor
       own = [r for k, r in zip(self._loss_keys, regularisation) if k == key and r is not None]
       values[key] = sums[key] + tf.add_n(own) if own else sums[key]
-      scale = self._scale()
       if scale is not None:  # float16: the gradients are unscaled after the all-reduce
         values[key] *= scale
     return [values[k] for k in self._loss_keys], sums
