@@ -53,6 +53,12 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
   path = state.model_checkpoint_path
   older = [p for p in state.all_model_checkpoint_paths if p != path]
   fallback = f"; the previous one, {os.path.basename(older[-1])}, is then used" if older else ""
+  return restore(checkpoint, path, fallback)
+
+
+def restore(checkpoint: tf.train.Checkpoint, path: str, fallback: str = "") -> str:
+  """Restores checkpoint `path` (every object of `checkpoint` must be in it; it may hold more) and returns `path`.
+  Raises UserError, naming the files, when it is unreadable or does not match; `fallback` ends that message."""
   status = None
   try:
     status = checkpoint.restore(path)
@@ -69,6 +75,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
         f"({os.path.basename(path)}.*) and the 'checkpoint' index entry{fallback}; if the models or optimizers "
         "changed since it was written, use a new --model_dir"
     ) from e
+  status.expect_partial()  # (what the caller's object does not hold, e.g. a training counter, is not wanted)
   logging.info("restored %s", path)
   return path
 

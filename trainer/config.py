@@ -103,7 +103,14 @@ def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
     raise UserError(f"bad gin config: {explain(e)}") from e
 
 
+RUN_CONFIG = "config.gin"
+
+
 def write_operative_config(model_dir: str) -> None:
-  """Writes the configuration actually used (gin's operative config) to model_dir/operative_config.gin."""
-  with open(os.path.join(model_dir, "operative_config.gin"), "w", encoding="utf-8") as f:
-    f.write(gin.operative_config_str())
+  """Writes the configuration actually used (gin's operative config: every parameter of what has been called,
+  defaults included) to model_dir/operative_config.gin, and every binding the run was given (files and
+  --gin_bindings, including those of what runs later, such as evaluations) to model_dir/config.gin, from which
+  `python -m trainer.evaluate` rebuilds the run."""
+  for name, text in (("operative_config.gin", gin.operative_config_str()), (RUN_CONFIG, gin.config_str())):
+    with open(os.path.join(model_dir, name), "w", encoding="utf-8") as f:
+      f.write(text)

@@ -164,3 +164,11 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   if "chief" in jobs:
     return resolver.task_type == "chief"
   return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def workers(strategy: tf.distribute.Strategy) -> int:
+  """How many worker processes take part in `strategy`'s collectives (1 on one host)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None:
+    return 1
+  return max(1, sum(len(tasks) for job, tasks in resolver.cluster_spec().as_dict().items() if job in ("chief", "worker")))

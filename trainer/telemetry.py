@@ -28,6 +28,11 @@ def format_duration(seconds: float) -> str:
   return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def is_picture(value: object) -> bool:
+  """Whether an evaluation result is a picture (a uint8 array), not a number."""
+  return isinstance(value, np.ndarray) and value.dtype == np.uint8
+
+
 class Telemetry:
   """Collects per-update figures and writes them out once per log interval.
 
@@ -117,7 +122,6 @@ class Telemetry:
   def evaluation(self, results: Mapping[str, float | np.ndarray], update: int, seconds: float) -> dict:
     """Reports an evaluation's results at `update`: uint8 arrays as pictures (`image`), the rest as numbers on the
     console, in metrics.jsonl and TensorBoard under eval/. Returns the numbers."""
-    is_picture = lambda v: isinstance(v, np.ndarray) and v.dtype == np.uint8
     for name, value in results.items():
       if is_picture(value):
         self.image(f"eval/{name}", value, update)

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import actions, checkpoints, fingerprints, phase as phases_
+from trainer import actions, best, checkpoints, export as export_, fingerprints, phase as phases_
 from trainer.divergence import SkipGuard
 from trainer.controller import Checkpointer, Controller
 from trainer.cycle import CycleLoop
@@ -102,6 +102,17 @@ def _input(strategy: tf.distribute.Strategy, examples: ExamplesFn, global_batch_
   return iterator
 
 
+def _keep_best(figure: str, mode: str, model_dir: str, save_dir: str, state: State, saved: Mapping[str, tf.Variable],
+               export_models: bool, chief: bool) -> best.KeepBest:
+  """trainer.best.KeepBest over the training state: checkpoints in model_dir/best/checkpoints/ (a non-chief's in
+  its scratch directory, which goes when the run ends)."""
+  directory = os.path.join(model_dir if chief else save_dir, best.DIRECTORY, "checkpoints")
+  manager = checkpoints.make_manager(directory, state.models, state.optimizers, saved, max_to_keep=1)
+  write = lambda directory: export_.write(state.models, state.optimizers, directory)
+  return best.KeepBest(figure, mode, model_dir, lambda update: checkpoints.save(manager, update, check_interval=False),
+                       write if export_models else None, chief)
+
+
 @gin.configurable(denylist=["model_dir", "strategy", "stall_timeout"])
 def train(
     model_dir: str,
@@ -121,8 +132,10 @@ def train(
     log_every: int = 100,
     checkpoint_every: int = 1000,
     keep_checkpoints: int = 3,
-    evaluate: actions.EvaluateFn | None = None,
+    evaluate: actions.EvaluateFn | list[actions.EvaluateFn] | None = None,
     eval_every: int = 0,
+    keep_best: str | None = None,
+    keep_best_mode: str = "min",
     export: actions.ExportFn | None = None,
     export_models: bool = True,
     precision: str | Mapping[str, str] = "float32",
@@ -153,9 +166,13 @@ def train(
     log_every: updates between progress lines / metrics.jsonl records / TensorBoard scalars.
     checkpoint_every: updates between checkpoints (one is also written at the end).
     keep_checkpoints: how many recent checkpoints to keep.
-    evaluate: optional quality measurement (trainer.actions.EvaluateFn), run by the chief every `eval_every`
-      updates and at the end.
+    evaluate: optional quality measurements (trainer.actions.EvaluateFn, or a list of them), run every
+      `eval_every` updates and at the end: by the chief, or by every worker for one that takes `strategy`
+      (trainer.frechet.FrechetDistance).
     eval_every: updates between evaluations; 0 evaluates only at the end.
+    keep_best: an evaluation figure (e.g. 'eval/fcd'): keep the checkpoint and export with its best value in
+      model_dir/best/ (trainer.best).
+    keep_best_mode: 'min' (lower is better, as for a distance) or 'max'.
     export: optional (models, model_dir) -> None, run by the chief after the last update.
     export_models: whether the chief writes every model to model_dir/export/ after the last update
       (trainer.export: .keras and SavedModel, EMA weights where kept); `python -m trainer.export` does it later.
@@ -174,6 +191,10 @@ def train(
                        strategy.num_replicas_in_sync,
                        dict(steps_per_loop=steps_per_loop, log_every=log_every, checkpoint_every=checkpoint_every,
                             keep_checkpoints=keep_checkpoints, eval_every=eval_every))
+  best.check(keep_best, keep_best_mode)
+  evaluate = actions.evaluations(evaluate)
+  if keep_best and not evaluate:
+    raise UserError(f"train.keep_best = {keep_best!r} needs an evaluation: set train.evaluate")
   guard, chief = SkipGuard(on_nonfinite), is_chief(strategy)
   if chief:
     _check_writable(model_dir)
@@ -188,8 +209,8 @@ def train(
   try:
     scales = {f"loss_scale_{name}": scale for name, scale in state.loss_scales.items()}
     fingerprint = _fingerprint_slot(checkpoint_dir)
-    manager = checkpoints.make_manager(save_dir, state.models, state.optimizers,
-                                       {**state.counters, **scales, **fingerprint}, keep_checkpoints)
+    saved = {**state.counters, **scales, **fingerprint}
+    manager = checkpoints.make_manager(save_dir, state.models, state.optimizers, saved, keep_checkpoints)
     checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
     start = int(state.counters["update"].numpy())
     if start >= train_steps:
@@ -202,7 +223,10 @@ def train(
     make_loop = lambda entry: PhaseLoop(strategy, state, resolved[entry.name], entry.micro_batches, global_batch_size,
                                         skip_nonfinite=guard.skips)
     log = actions.Log(telemetry, log_every, schedule, train_steps, global_batch_size)
-    evaluation = evaluate and actions.Evaluation(evaluate, state.models, state.optimizers, telemetry, eval_every)
+    keeper = keep_best and _keep_best(keep_best, keep_best_mode, model_dir, save_dir, state, saved,
+                                      export_models, chief)
+    evaluation = evaluate and actions.Evaluation(evaluate, state.models, state.optimizers, telemetry, eval_every,
+                                                 strategy, chief, keeper or None)
     periodic = [log, evaluation, actions.Export(export, state.models, state.optimizers, model_dir, export_models)]
     checkpointer = Checkpointer(functools.partial(checkpoints.save, manager), checkpoint_every, checkpoint_dir, start)
     controller = Controller(schedule=schedule, train_steps=train_steps, steps_per_loop=steps_per_loop, start=start,

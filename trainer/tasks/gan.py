@@ -14,6 +14,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from trainer import data
 from trainer.tasks.models import check_input, check_shape
 
 
@@ -122,3 +123,16 @@ def ns_simultaneous_loss(models: Mapping[str, keras.Model], batch: dict, trains:
   return {f"loss/{generator}": tf.nn.softplus(-fake_logit),
           f"loss/{critic}": tf.nn.softplus(-real_logit) + tf.nn.softplus(fake_logit),
           "real_accuracy": tf.cast(real_logit > 0, tf.float32), "fake_accuracy": tf.cast(fake_logit < 0, tf.float32)}
+
+
+@gin.configurable
+def samples(models: Mapping[str, keras.Model], indices: tf.Tensor, generator: str = "generator",
+            classes: int = 0, seed: int = 4321) -> tf.Tensor:
+  """Generated sample per global index i, for evaluations (trainer.frechet.SampleFn): G(z_i [, one-hot label]),
+  z_i keyed by (seed, i), the label i mod `classes` when the generator is conditional (`classes` > 0), so any
+  10 consecutive indices hold every digit once. Float32, in inference mode."""
+  g = models[generator]
+  z = data.normal(indices, (g.input_shape[-1] - classes,), seed)
+  if classes:
+    z = tf.concat([z, tf.one_hot(tf.cast(indices % classes, tf.int32), classes)], axis=1)
+  return tf.cast(g(z, training=False), tf.float32)
