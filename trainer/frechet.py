@@ -95,8 +95,18 @@ def _sums(features_of: FeaturesOf, first: tf.Tensor, count: int, batch: int, str
   return tf.concat([[n], total, tf.reshape(outer, [-1])], 0)
 
 
+class Program:
+  """A compiled statistics computation (`statistics_program`); calling it runs `function` and unpacks the sums."""
+
+  def __init__(self, function: Callable[[], tf.Tensor], dim: int):
+    self.function, self.dim = function, dim
+
+  def __call__(self) -> Statistics:
+    return Statistics.from_packed(self.function().numpy(), self.dim)
+
+
 def statistics_program(features_of: FeaturesOf, count: int, batch: int, dim: int,
-                       strategy: tf.distribute.Strategy | None = None) -> Callable[[], Statistics]:
+                       strategy: tf.distribute.Strategy | None = None) -> Program:
   """A compiled program returning the statistics of the features of samples [0, count): on every replica of
   `strategy`, each its share, joined by one all-reduce; without a strategy, on this host alone."""
   replicas = strategy.num_replicas_in_sync if strategy else 1
@@ -115,7 +125,7 @@ def statistics_program(features_of: FeaturesOf, count: int, batch: int, dim: int
 
     return strategy.experimental_local_results(strategy.run(replica_fn))[0]
 
-  return lambda: Statistics.from_packed(run().numpy(), dim)
+  return Program(run, dim)
 
 
 def statistics(features_of: FeaturesOf, count: int, batch: int, dim: int,
@@ -176,7 +186,7 @@ class FrechetDistance:
     self.samples, self.batch, self.name, self.real_key = samples, batch, name, real_key
     self.cache_dir = cache_dir or default_cache_dir()
     self._networks: dict[int, keras.Model] = {}  # id(strategy) -> the feature network built in its scope
-    self._programs: dict[tuple, Callable[[], Statistics]] = {}  # traced once per strategy and set of models
+    self._programs: dict[tuple, Program] = {}  # traced once per strategy and set of models
     self._real: dict[str, Statistics] = {}  # cache key -> statistics, for this process
 
   def __call__(self, models: Mapping[str, keras.Model], strategy: tf.distribute.Strategy) -> dict[str, float]:
