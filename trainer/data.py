@@ -69,7 +69,7 @@ def micro_batch_dataset(
 
   Small micro-batches are made C at a time: `examples` is called on the indices of C consecutive elements and its
   batch cut into C elements, C as many (up to MAX_CHUNK) as fit in `chunk_bytes`. A tf.data map call costs tens
-  of microseconds whatever its size, which decides the speed of small models (README, Performance); large
+  of microseconds whatever its size, which decides the speed of small models (docs/performance.md); large
   micro-batches (C = 1) are made one per call as before, so memory in flight stays bounded. Every example is a
   function of its own index, so the elements are the same for any C.
   """

@@ -6,7 +6,7 @@ import os
 
 def intra_op_threads(sharing: int) -> int:
   """cores // `sharing`, at least 1. The replicas or workers run their ops at the same time, so TensorFlow's
-  default of every core per op oversubscribes the CPU (the README's Performance section has the figures).
+  default of every core per op oversubscribes the CPU (docs/performance.md has the figures).
   TF_NUM_INTRAOP_THREADS, where set, wins over this; this module imports nothing heavy, so launchers can use it."""
   return max(1, (os.cpu_count() or 1) // sharing)
 

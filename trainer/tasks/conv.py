@@ -35,7 +35,7 @@ def conv_generator(latent_dim: int = gin.REQUIRED, classes: int = 0, image_shape
   """[z, one-hot] -> Dense to (H / 2^b, W / 2^b, channels[0]) -> b stride-2 transposed convs -> tanh image, flat.
 
   `channels` lists each block's width (b = len(channels)); `batch_norm` adds BatchNorm after every hidden layer
-  (DCGAN's generator has it; the shipped digits job trains better without it: README)."""
+  (DCGAN's generator has it; the shipped digits job trains better without it: configs/gan_digits_conv.gin)."""
   height, width = _start(image_shape, len(channels))
   inputs = keras.Input((latent_dim + classes,), name=f"{name}_input")
   x = keras.layers.Dense(height * width * channels[0], name=f"{name}_project")(inputs)
