@@ -1,6 +1,6 @@
 r"""Runs a multi-worker job on this machine: python -m launch.local --num_workers=N -- <trainer.main flags>.
 
-Starts N `trainer.main` processes with TF_CONFIG on free loopback ports, prints their output interleaved with a
+Starts N `trainer.main` processes (or `trainer.evaluate` ones, --module) with TF_CONFIG on free loopback ports, prints their output interleaved with a
 `[worker i]` prefix, and treats them as one job: when a worker fails, the others are stopped (SIGTERM, then
 SIGKILL after --grace_seconds) and, while --max_restarts allows, all of them are started again and resume from the
 last checkpoint. That is the restart model TF documents for MultiWorkerMirroredStrategy: a lone restarted worker
@@ -37,6 +37,8 @@ from trainer.threads import intra_op_threads, max_sharing
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Worker processes to start.", lower_bound=1)
 _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 0, "Times to restart the whole job after a failure.",
                                      lower_bound=0)
+_MODULE = flags.DEFINE_enum("module", "trainer.main", ["trainer.main", "trainer.evaluate"],
+                            "What each worker runs: training, or a run's evaluation from a checkpoint.")
 _GRACE = flags.DEFINE_float("grace_seconds", 10.0, "Time between SIGTERM and SIGKILL when stopping workers.")
 flags.register_validator("grace_seconds", lambda v: math.isfinite(v) and v >= 0, "must be a number of seconds >= 0")
 _ISOLATE = flags.DEFINE_bool("isolate_network", True, "Run the workers in a network namespace with only loopback, "
@@ -123,13 +125,13 @@ def _stop(workers: list[subprocess.Popen], grace: float) -> None:
       w.wait()
 
 
-def run_once(num_workers: int, trainer_args: list[str], grace: float) -> int:
+def run_once(num_workers: int, trainer_args: list[str], grace: float, module: str = "trainer.main") -> int:
   """Runs the job once; returns 0, or the exit code of the first worker that failed (128 + signal if killed)."""
   cluster = [f"127.0.0.1:{p}" for p in free_ports(num_workers)]
   lock = threading.Lock()
   workers, pumps = [], []
   for i in range(num_workers):
-    w = subprocess.Popen([sys.executable, "-m", "trainer.main", *trainer_args], env=worker_env(cluster, i),
+    w = subprocess.Popen([sys.executable, "-m", module, *trainer_args], env=worker_env(cluster, i),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     workers.append(w)
     pumps.append(threading.Thread(target=_pump, args=(i, w.stdout, lock), daemon=True))
@@ -179,7 +181,7 @@ def main(argv: list[str]) -> None:
   signal.signal(signal.SIGTERM, _on_sigterm)
   for attempt in range(_MAX_RESTARTS.value + 1):
     try:
-      code = run_once(_NUM_WORKERS.value, trainer_args, _GRACE.value)
+      code = run_once(_NUM_WORKERS.value, trainer_args, _GRACE.value, _MODULE.value)
     except Terminated as e:
       print(f"[launch] SIGTERM passed on to the workers; worker 0 exited with code {e.args[0]}", flush=True)
       sys.exit(e.args[0])

@@ -12,6 +12,7 @@ from trainer import export
 from trainer.controller import Action
 from trainer.errors import UserError
 from trainer.schedule import Schedule
+from trainer.state import State
 from trainer.strategy import workers
 from trainer.telemetry import Telemetry, is_picture
 from trainer.update import averaged_weights
@@ -86,13 +87,13 @@ class Evaluation(Action):
 
   Not `chief_only`: a distributed evaluation needs every worker; the others skip the chief's evaluations."""
 
-  def __init__(self, evaluate: Sequence[EvaluateFn], models: Mapping[str, keras.Model],
-               optimizers: Mapping[str, keras.optimizers.Optimizer], telemetry: Telemetry, every: int,
+  def __init__(self, evaluate: Sequence[EvaluateFn], state: State, telemetry: Telemetry, every: int,
                strategy: tf.distribute.Strategy, chief: bool,
                on_results: Callable[[int, Mapping[str, float]], None] | None = None):
     self.every = every
     self.last: dict = {}
-    self._evaluate, self._models, self._optimizers, self._telemetry = evaluate, models, optimizers, telemetry
+    self._evaluate, self._models, self._optimizers = evaluate, state.models, state.optimizers
+    self._telemetry = telemetry
     self._strategy, self._chief, self._on_results = strategy, chief, on_results
 
   def __call__(self, update: int) -> None:

@@ -28,7 +28,7 @@ def figure_name(figure: str) -> str:
 
 
 def check(figure: str | None, mode: str) -> None:
-  if figure is not None and (not isinstance(figure, str) or not figure.strip("/").removeprefix("eval/")):
+  if figure is not None and (not isinstance(figure, str) or figure_name(figure.strip()) == "eval/"):
     raise UserError(f"train.keep_best = {figure!r} must name an evaluation figure, e.g. 'eval/fcd'")
   if mode not in MODES:
     raise UserError(f"train.keep_best_mode = {mode!r} must be 'min' (lower is better, e.g. a distance) or 'max'")
@@ -69,6 +69,7 @@ class KeepBest:
     if self._export:
       self._export(self.directory)
     record = {"figure": self.figure, "value": value, "update": update, "checkpoint": path}
+    tf.io.gfile.makedirs(self.directory)
     temporary = os.path.join(self.directory, "best.json.tmp")
     with tf.io.gfile.GFile(temporary, "w") as f:
       json.dump(record, f)

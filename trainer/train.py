@@ -102,6 +102,12 @@ def _input(strategy: tf.distribute.Strategy, examples: ExamplesFn, global_batch_
   return iterator
 
 
+def _check_keep_best(figure: str | None, mode: str, evaluate: list[actions.EvaluateFn]) -> None:
+  best.check(figure, mode)
+  if figure and not evaluate:
+    raise UserError(f"train.keep_best = {figure!r} needs an evaluation: set train.evaluate")
+
+
 def _keep_best(figure: str, mode: str, model_dir: str, save_dir: str, state: State, saved: Mapping[str, tf.Variable],
                export_models: bool, chief: bool) -> best.KeepBest:
   """trainer.best.KeepBest over the training state: checkpoints in model_dir/best/checkpoints/ (a non-chief's in
@@ -191,10 +197,8 @@ def train(
                        strategy.num_replicas_in_sync,
                        dict(steps_per_loop=steps_per_loop, log_every=log_every, checkpoint_every=checkpoint_every,
                             keep_checkpoints=keep_checkpoints, eval_every=eval_every))
-  best.check(keep_best, keep_best_mode)
   evaluate = actions.evaluations(evaluate)
-  if keep_best and not evaluate:
-    raise UserError(f"train.keep_best = {keep_best!r} needs an evaluation: set train.evaluate")
+  _check_keep_best(keep_best, keep_best_mode, evaluate)
   guard, chief = SkipGuard(on_nonfinite), is_chief(strategy)
   if chief:
     _check_writable(model_dir)
@@ -223,10 +227,8 @@ def train(
     make_loop = lambda entry: PhaseLoop(strategy, state, resolved[entry.name], entry.micro_batches, global_batch_size,
                                         skip_nonfinite=guard.skips)
     log = actions.Log(telemetry, log_every, schedule, train_steps, global_batch_size)
-    keeper = keep_best and _keep_best(keep_best, keep_best_mode, model_dir, save_dir, state, saved,
-                                      export_models, chief)
-    evaluation = evaluate and actions.Evaluation(evaluate, state.models, state.optimizers, telemetry, eval_every,
-                                                 strategy, chief, keeper or None)
+    keeper = keep_best and _keep_best(keep_best, keep_best_mode, model_dir, save_dir, state, saved, export_models, chief)
+    evaluation = evaluate and actions.Evaluation(evaluate, state, telemetry, eval_every, strategy, chief, keeper or None)
     periodic = [log, evaluation, actions.Export(export, state.models, state.optimizers, model_dir, export_models)]
     checkpointer = Checkpointer(functools.partial(checkpoints.save, manager), checkpoint_every, checkpoint_dir, start)
     controller = Controller(schedule=schedule, train_steps=train_steps, steps_per_loop=steps_per_loop, start=start,
