@@ -58,3 +58,15 @@ def test_an_unconditional_generator_fed_a_label_names_its_input_shape():
   nets = {"generator": models.mlp(3, 4, (), name="generator"), "critic": models.mlp(4, 1, (), name="critic")}
   with pytest.raises(UserError, match=r"model 'generator' takes inputs of shape \(3,\), but the data gives \(5,\)"):
     tf.function(lambda: gan.ns_generator_loss(nets, _batch(), "generator", condition="y"))()
+
+
+def test_evaluation_samples_are_a_function_of_their_index_and_cycle_through_the_classes():
+  generator = models.mlp(42, 64, (16,), name="generator")
+  whole = gan.samples({"generator": generator}, tf.range(20, dtype=tf.int64), classes=10)
+  part = gan.samples({"generator": generator}, tf.range(5, 15, dtype=tf.int64), classes=10)
+  np.testing.assert_allclose(whole[5:15], part, rtol=1e-6, atol=1e-7)
+  seen = []
+  identity = lambda z, training: seen.append(z) or z
+  gan.samples({"generator": type("G", (), {"input_shape": (None, 42), "__call__": staticmethod(identity)})()},
+              tf.range(12, dtype=tf.int64), classes=10)
+  np.testing.assert_array_equal(np.argmax(seen[0][:, 32:], axis=1), np.arange(12) % 10)
