@@ -40,8 +40,10 @@ def make_manager(
   )
 
 
-def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
-  """Restores the newest checkpoint in `directory`, if any, and returns its path.
+def restore_latest(checkpoint: tf.train.Checkpoint, directory: str, partial: bool = False) -> str | None:
+  """Restores the newest checkpoint in `directory`, if any, and returns its path. `partial`: values in the file
+  that `checkpoint` does not hold are expected (an export needs neither the data fingerprint nor loss scales);
+  else TensorFlow warns of each of them when the checkpoint object is collected.
 
   Every worker restores from the chief's directory (a non-chief worker saves to a private one it deletes).
   Raises UserError, naming the files, when the checkpoint is unreadable or does not match the configured models.
@@ -69,6 +71,8 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
         f"({os.path.basename(path)}.*) and the 'checkpoint' index entry{fallback}; if the models or optimizers "
         "changed since it was written, use a new --model_dir"
     ) from e
+  if partial:
+    status.expect_partial()
   logging.info("restored %s", path)
   return path
 
