@@ -2,6 +2,8 @@
 and trains it with `python -m trainer.main`, exactly as the shipped configs import trainer.tasks.
 
     PYTHONPATH=examples python -m trainer.main --gin_file=examples/my_models.gin --model_dir=runs/my_models
+
+or, with trainer installed (`pip install .`), from this directory: python -m trainer.main --gin_file=my_models.gin ...
 """
 
 from typing import Mapping

@@ -2,12 +2,13 @@
 run function completely and defines the documented macros; gin mistakes are one line."""
 
 import glob
+import importlib.util
 import os
 
 import gin
 import pytest
 
-from tests.processes import run
+from tests.processes import REPO, run
 from trainer import config
 from trainer.errors import UserError
 
@@ -68,3 +69,23 @@ def test_a_missing_module_or_import_is_one_line(tmp_path, text, message):
 def test_a_configurable_of_trainer_that_is_not_imported_names_its_module():
   assert config._import_hint("ns_critic_loss") == (  # pylint: disable=protected-access
       " (it is in trainer.tasks.gan: add `import trainer.tasks.gan` to the gin file)")
+
+
+def test_a_users_gin_file_elsewhere_includes_a_shipped_config_with_the_checkout_on_sys_path(tmp_path, monkeypatch):
+  # The checkout on sys.path (PYTHONPATH, or pytest's rootdir) makes its configs/ an importable namespace package;
+  # gin's package reader, tried before any search path, then stopped with "expected str, ... not NoneType".
+  monkeypatch.syspath_prepend(REPO)
+  monkeypatch.chdir(tmp_path)
+  assert importlib.util.find_spec("configs").origin is None  # the trap: a namespace package
+  (tmp_path / "mine.gin").write_text("include 'configs/ring_gan.gin'\nTRAIN_STEPS = 7\n")
+  config.parse(["mine.gin"], [])
+  assert gin.query_parameter("%TRAIN_STEPS") == 7 and gin.query_parameter("train.models")
+
+
+def test_an_include_of_a_file_that_is_nowhere_is_one_line(tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(REPO)
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "mine.gin").write_text("include 'configs/ring_gann.gin'\n")
+  with pytest.raises(UserError, match=r"^bad gin config: gin file not found: configs/ring_gann.gin \(mine.gin:1: "
+                                      r"include 'configs/ring_gann.gin'\) \(did you mean 'configs/ring_gan.gin'\?\)$"):
+    config.parse(["mine.gin"], [])

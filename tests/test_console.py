@@ -42,3 +42,49 @@ def test_tensorflows_log_of_an_exception_main_reports_is_dropped_unless_verbosit
       assert [r.getMessage() for r in caplog.records] == kept
   finally:
     absl_logging.set_verbosity(verbosity)
+
+
+def _record(pathname: str, level: int = logging.INFO, msg: str = "a line") -> logging.LogRecord:
+  return logging.LogRecord("tensorflow", level, pathname, 1, msg, (), None)
+
+
+@pytest.fixture
+def verbosity():
+  """Sets absl's verbosity (what --verbosity=N does) for the test, and puts it back."""
+  before = absl_logging.get_verbosity()
+  yield absl_logging.set_verbosity
+  absl_logging.set_verbosity(before)
+
+
+def test_the_libraries_info_chatter_is_dropped_unless_verbosity_is_1(tmp_path, verbosity):
+  import keras  # pylint: disable=import-outside-toplevel
+  from tensorflow.python.checkpoint import functional_saver  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core import dataset_info  # pylint: disable=import-outside-toplevel
+  from trainer import controller  # pylint: disable=import-outside-toplevel
+  chatter = [_record(functional_saver.__file__, msg="Sharding callback duration: %s microseconds"),
+             _record(dataset_info.__file__, msg="Load dataset info from %s"),
+             _record(keras.__file__),
+             _record(dataset_info.__file__, logging.WARNING, "Variant folder %s has no %s")]  # the first preparation
+  kept = [_record(controller.__file__, msg="checkpoint at update %d: %s"),  # trainer's own
+          _record(str(tmp_path / "my_models.py")),  # a user's module
+          _record(functional_saver.__file__, logging.WARNING, "something TensorFlow really warns of"),
+          _record(dataset_info.__file__, logging.ERROR)]
+  quiet = console.QuietLibraries()
+  verbosity(0)
+  assert [quiet.filter(r) for r in chatter + kept] == [False] * len(chatter) + [True] * len(kept)
+  verbosity(1)
+  assert all(quiet.filter(r) for r in chatter + kept)
+
+
+def test_every_record_meets_the_filter_on_absls_handler_once():
+  console.quiet_libraries()
+  console.quiet_libraries()
+  assert sum(isinstance(f, console.QuietLibraries) for f in absl_logging.get_absl_handler().filters) == 1
+
+
+def test_tfds_prints_are_dropped_unless_verbosity_is_1(capsys, verbosity):
+  for level, shown in ((0, ""), (1, "Downloading and preparing dataset Unknown size\n")):
+    verbosity(level)
+    with console.quiet_prints():
+      print("Downloading and preparing dataset Unknown size")
+    assert capsys.readouterr().out == shown

@@ -4,6 +4,8 @@ The PhaseLoop here is a stand-in that records the calls' lengths: what is tested
 The real loop under a strategy runs through it in tests/test_train.py and the multi-process tests.
 """
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,12 @@ def test_checkpointer_counts_its_last_save(tmp_path):
   assert checkpointer.saved_at == 3 and checkpointer.next_boundary(3) == 5 and not checkpointer.due(4, 9)
   assert checkpointer.save(4) == "p4" and checkpointer.saved_at == 4
   assert checkpointer.due(9, 9) and checkpointer.due(10, 20) and np.iinfo(np.int64).max == Action().next_boundary(1)
+
+
+def test_a_checkpoint_in_the_runs_directory_is_one_line_a_workers_scratch_copy_none(tmp_path, caplog):
+  chief = Checkpointer(lambda u: str(tmp_path / f"ckpt-{u}"), 5, str(tmp_path), saved_at=0)
+  worker = Checkpointer(lambda u: f"/tmp/trainer-worker-checkpoints-x/ckpt-{u}", 5, str(tmp_path), saved_at=0)
+  with caplog.at_level(logging.INFO, logger="absl"):
+    chief.save(5)
+    worker.save(5)
+  assert [r.getMessage() for r in caplog.records] == [f"checkpoint at update 5: {tmp_path / 'ckpt-5'}"]

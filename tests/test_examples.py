@@ -27,7 +27,7 @@ def test_without_its_directory_on_the_path_the_import_is_one_line(tmp_path):
   result = run("-m", "trainer.main", "--gin_file=examples/my_models.gin", f"--model_dir={tmp_path}")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: bad gin config: No module named 'my_models' (examples/my_models.gin:11: import my_models); fix the "
+      "error: bad gin config: No module named 'my_models' (examples/my_models.gin:19: import my_models); fix the "
       "module name, or put its directory on PYTHONPATH")
 
 

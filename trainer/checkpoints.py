@@ -75,7 +75,9 @@ def restore(checkpoint: tf.train.Checkpoint, path: str, fallback: str = "") -> s
         f"({os.path.basename(path)}.*) and the 'checkpoint' index entry{fallback}; if the models or optimizers "
         "changed since it was written, use a new --model_dir"
     ) from e
-  status.expect_partial()  # (what the caller's object does not hold, e.g. a training counter, is not wanted)
+  # Values in the file that `checkpoint` does not hold are expected (an export or an evaluation needs neither the
+  # data fingerprint nor loss scales); else TensorFlow warns of each when the checkpoint object is collected.
+  status.expect_partial()
   logging.info("restored %s", path)
   return path
 

@@ -6,18 +6,66 @@ from a config to its code and a user's module works exactly like ours. Keras cla
 explicitly, because `import gin.tf` is broken on TF 2.21 (it needs tf.estimator).
 """
 
+import importlib.util
 import inspect
 import os
 import re
-from typing import Sequence
+from typing import IO, Sequence
 
 import gin
+import gin.resource_reader
 import keras
 
 from trainer.errors import UserError, did_you_mean
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-gin.add_config_file_search_path(_REPO)  # so that `include 'configs/x.gin'` works from any directory
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _config_root() -> str:
+  """The directory that holds trainer's `configs/`: the package itself when installed (pyproject.toml puts the
+  configs there), the checkout around the package otherwise (`pip install -e .` included)."""
+  for root in (_PACKAGE, os.path.dirname(_PACKAGE)):
+    if os.path.isdir(os.path.join(root, "configs")):
+      return root
+  return os.path.dirname(_PACKAGE)
+
+
+# `--gin_file=configs/x.gin` and `include 'configs/x.gin'` name the shipped configs relative to this, from any
+# directory, in a checkout and installed alike.
+CONFIG_ROOT = _config_root()
+
+
+def _is_shipped(path: str) -> bool:
+  return not os.path.isabs(path) and os.path.isfile(os.path.join(CONFIG_ROOT, path))
+
+
+def _open_shipped(path: str) -> IO[str]:
+  return open(os.path.join(CONFIG_ROOT, path), encoding="utf-8")
+
+
+def _in_a_package(path: str) -> bool:
+  """gin's check for an include naming a file in an importable package ('package/x.gin'), without its two faults:
+  it crashes (TypeError) on a namespace package, which has no file to place it, e.g. the checkout's configs/ when
+  the checkout is on sys.path; and it logs an error for every path it does not find, found elsewhere or not."""
+  head, name = os.path.split(path)
+  try:
+    spec = importlib.util.find_spec(head.replace("/", "."))
+  except (ImportError, ValueError):
+    return False
+  return bool(spec and spec.origin) and os.path.isfile(os.path.join(os.path.dirname(spec.origin), name))
+
+
+def _use_trainers_file_readers() -> None:
+  """Where gin looks for a relative config path, in this order: the working directory, trainer's configs, files in
+  importable packages. gin tries its package reader for every path before any search path, so trainer's configs
+  go into its list of readers (a private list: gin offers only appending to it) rather than its search path."""
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  package_reader = gin.resource_reader.system_path_reader
+  others = [r for r in readers if r[0] not in (open, _open_shipped, package_reader)]
+  readers[:] = [(open, os.path.isfile), (_open_shipped, _is_shipped), (package_reader, _in_a_package), *others]
+
+
+_use_trainers_file_readers()
 
 for _cls in (keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.SGD, keras.optimizers.RMSprop):
   gin.external_configurable(_cls, module="keras.optimizers")
@@ -45,13 +93,12 @@ def _parameter_names(configurable: str) -> list[str]:
 
 def _import_hint(name: str) -> str:
   """Names the trainer module that defines configurable `name`, for a gin file that forgot to import it."""
-  package = os.path.join(_REPO, "trainer")
-  for folder in (package, os.path.join(package, "tasks")):
+  for folder in (_PACKAGE, os.path.join(_PACKAGE, "tasks")):
     for file in sorted(os.listdir(folder)):
       if file.endswith(".py"):
         with open(os.path.join(folder, file), encoding="utf-8") as f:
           if re.search(rf"^(def|class) {re.escape(name)}\b", f.read(), flags=re.M):
-            module = os.path.relpath(os.path.join(folder, file[:-3]), _REPO).replace(os.sep, ".")
+            module = os.path.relpath(os.path.join(folder, file[:-3]), os.path.dirname(_PACKAGE)).replace(os.sep, ".")
             return f" (it is in {module}: add `import {module}` to the gin file)"
   return " (is the module that defines it imported at the top of the gin file?)"
 
@@ -68,6 +115,8 @@ def explain(error: Exception) -> str:
     name = m.group(1).split("/")[-1]
     close = did_you_mean(name, _configurable_names())
     return f"no configurable named '{name}'{close or _import_hint(name)}{location}"
+  if m := re.search(r"Unable to open file: (.+?)\. Searched config paths", message):  # an include's file
+    return f"gin file not found: {m.group(1)}{location}{_shipped_hint(m.group(1))}"
   if isinstance(error, ImportError):
     return f"{message.splitlines()[0]}{location}; fix the module name, or put its directory on PYTHONPATH"
   if m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
@@ -82,16 +131,20 @@ def explain(error: Exception) -> str:
   return f"{message.strip().splitlines()[0]}{location}"
 
 
+def _shipped_hint(path: str) -> str:
+  """'; did you mean 'configs/x.gin'?' for a misspelt shipped config, else where the shipped configs are."""
+  configs = os.path.join(CONFIG_ROOT, "configs")
+  if not os.path.isdir(configs):
+    return ""
+  hint = did_you_mean(os.path.basename(path), os.listdir(configs))
+  return hint.replace("'", "'configs/", 1) if hint else f"; the shipped configs are in {configs}"
+
+
 def _resolve(path: str) -> str:
-  for candidate in (path, os.path.join(_REPO, path)):
+  for candidate in (path, os.path.join(CONFIG_ROOT, path)):
     if os.path.isfile(candidate):
       return candidate
-  hint = ""
-  configs = os.path.join(_REPO, "configs")
-  if os.path.isdir(configs):
-    hint = did_you_mean(os.path.basename(path), os.listdir(configs))
-    hint = hint.replace("'", "'configs/", 1) if hint else f"; the shipped configs are in {configs}"
-  raise UserError(f"gin file not found: {path}{hint}")
+  raise UserError(f"gin file not found: {path}{_shipped_hint(path)}")
 
 
 def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
@@ -99,7 +152,7 @@ def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
   resolved = [_resolve(f) for f in files]
   try:
     gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
-  except (ValueError, SyntaxError, KeyError, TypeError, ImportError) as e:
+  except (ValueError, SyntaxError, KeyError, TypeError, ImportError, OSError) as e:  # OSError: an include's file
     raise UserError(f"bad gin config: {explain(e)}") from e
 
 

@@ -6,10 +6,12 @@ runs after it. Every worker cuts its calls at the same updates, also for an acti
 holds collectives that all workers must join, so a call cut on one worker and not on another would deadlock.
 """
 
+import os
 from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from trainer.errors import ClusterFault, Preempted, TrainingFailed
 from trainer.faults import Preemption, Watchdog
@@ -56,6 +58,8 @@ class Checkpointer(Action):
   def save(self, update: int) -> str | None:
     path = self._save(update)
     self.saved_at = update
+    if path and os.path.dirname(path) == self.directory.rstrip("/"):  # the chief's (a worker's scratch copy: no)
+      logging.info("checkpoint at update %d: %s", update, path)
     return path
 
 

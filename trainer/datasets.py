@@ -12,6 +12,7 @@ design). 'auto' picks memory when the decoded split fits in MEMORY_LIMIT_BYTES. 
 prepared data's fingerprint (trainer.fingerprints), which the checkpoint keeps.
 """
 
+import contextlib
 import difflib
 import fcntl
 import functools
@@ -24,7 +25,7 @@ import tensorflow as tf
 
 from absl import logging
 
-from trainer import data, fingerprints, records
+from trainer import console, data, fingerprints, records
 from trainer.errors import UserError
 
 Preprocess = Callable[[dict, tf.Tensor], dict]
@@ -91,7 +92,7 @@ def _prepare_once(builder, name: str, data_dir: str | None):
   root = str(builder.data_dir_root)
   if "://" in root:  # no file locks on object stores: prepare, and accept a peer having done it first
     try:
-      builder.download_and_prepare()
+      _download_and_prepare(builder, name, root)
     except FileExistsError:
       pass
     return tfds.builder(name, data_dir=data_dir)
@@ -100,9 +101,17 @@ def _prepare_once(builder, name: str, data_dir: str | None):
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
     builder = tfds.builder(name, data_dir=data_dir)  # re-read: a peer may have prepared it while we waited
     if not builder.is_prepared() or (name in LOCAL_BUILDERS and not records.has_array_record(builder)):
-      builder.download_and_prepare()  # (a local builder writes both formats: trainer.tasks.digits)
+      _download_and_prepare(builder, name, root)  # (a local builder writes both formats: trainer.tasks.digits)
       builder = tfds.builder(name, data_dir=data_dir)
   return builder
+
+
+def _download_and_prepare(builder, name: str, root: str) -> None:
+  logging.info("preparing TFDS dataset %s in %s (once: later runs read it from there)", name, root)
+  # TFDS prints two lines of its own, with the download's size: for a local dataset they say "Downloading ...
+  # Unknown size" where nothing is downloaded.
+  with console.quiet_prints() if name in LOCAL_BUILDERS else contextlib.nullcontext():
+    builder.download_and_prepare()
 
 
 @gin.configurable

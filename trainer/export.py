@@ -20,15 +20,20 @@ import shutil
 import uuid
 from typing import Iterable, Mapping
 
-import gin
-import keras
-import tensorflow as tf
-from absl import app, flags, logging
+from trainer import console
 
-from trainer import checkpoints, config, console, dropout
-from trainer.errors import UserError, did_you_mean
-from trainer.state import build
-from trainer.update import averaged_weights
+if __name__ == "__main__":  # `python -m trainer.export`: TensorFlow starts as quietly as for trainer.main
+  console.import_tensorflow_quietly()
+
+import gin  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from trainer import checkpoints, config, dropout  # noqa: E402
+from trainer.errors import UserError, did_you_mean  # noqa: E402
+from trainer.state import build  # noqa: E402
+from trainer.update import averaged_weights  # noqa: E402
 
 DIRECTORY = "export"
 

@@ -7,10 +7,11 @@ traceback.
 """
 
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: hide C++ start-up chatter
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from trainer import console  # noqa: E402
 
@@ -42,14 +43,17 @@ def run() -> None:
   if not _GIN_FILE.value:
     raise UserError("give at least one --gin_file, e.g. --gin_file=configs/smoke.gin")
   config.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
+  started = time.monotonic()
   distribution = strategy.make_strategy(_STRATEGY.value, _CPU_REPLICAS.value, _STARTUP_TIMEOUT.value)
   try:
-    train.train(_MODEL_DIR.value, distribution, on_setup=config.write_operative_config,
-                stall_timeout=_STALL_TIMEOUT.value)
+    result = train.train(_MODEL_DIR.value, distribution, on_setup=config.write_operative_config,
+                         stall_timeout=_STALL_TIMEOUT.value)
   except RuntimeError as e:
     if "Required bindings" in str(e):  # gin's message for a parameter marked gin.REQUIRED but never bound
       raise UserError(config.explain(e)) from e
     raise
+  logging.info("done at update %d (%.1f s); the run is in %s", result.update, time.monotonic() - started,
+               _MODEL_DIR.value)
 
 
 def main(argv: list[str]) -> None:
