@@ -21,10 +21,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 from absl import app, flags  # noqa: E402
 
-_ROW = flags.DEFINE_string("row", None, "Internal: run one row in this process (trainer:N, naive, training).")
-_SAMPLES = flags.DEFINE_integer("samples", 10_000, "Generated samples per evaluation.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per row after the first; the best is kept.")
-_OUTPUT = flags.DEFINE_string("output", None, "Also write the results as JSON to this file.")
 ROWS = ["trainer:1", "trainer:2", "naive", "training"]
 CONFIG = "configs/gan_digits.gin"
 EVALUATIONS_PER_RUN = 4  # the default job: eval_every 2000 of 8000 updates
@@ -90,13 +86,14 @@ def _naive(evaluation, models, real, samples: int) -> float:
 
 def main(argv: list[str]) -> None:
   del argv
-  if _ROW.value:
-    print(json.dumps(_child(_ROW.value, _SAMPLES.value, _REPEATS.value)))
+  samples, repeats, output = flags.FLAGS.samples, flags.FLAGS.repeats, flags.FLAGS.output
+  if flags.FLAGS.row:
+    print(json.dumps(_child(flags.FLAGS.row, samples, repeats)))
     return
   results = {}
   for row in ROWS:
     done = subprocess.run([sys.executable, "-m", "benchmarks.evaluation", f"--row={row}",
-                           f"--samples={_SAMPLES.value}", f"--repeats={_REPEATS.value}"],
+                           f"--samples={samples}", f"--repeats={repeats}"],
                           capture_output=True, text=True, check=False)
     if done.returncode:
       sys.exit(f"row {row} failed:\n{done.stderr[-3000:]}")
@@ -111,10 +108,15 @@ def main(argv: list[str]) -> None:
     r["share_of_training"] = (r["first"] + (EVALUATIONS_PER_RUN - 1) * r["seconds"]) / training
     print(f"{row}: {EVALUATIONS_PER_RUN} evaluations = {100 * r['share_of_training']:.1f}% of the default job's "
           f"training ({training:.1f} s)")
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-      json.dump({"samples": _SAMPLES.value, "rows": results}, f, indent=1)
+  if output:
+    with open(output, "w", encoding="utf-8") as f:
+      json.dump({"samples": samples, "rows": results}, f, indent=1)
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: benchmarks.bench defines --repeats and --output too, and tests import both.
+  flags.DEFINE_string("row", None, "Internal: run one row in this process (trainer:N, naive, training).")
+  flags.DEFINE_integer("samples", 10_000, "Generated samples per evaluation.")
+  flags.DEFINE_integer("repeats", 5, "Timed calls per row after the first; the best is kept.")
+  flags.DEFINE_string("output", None, "Also write the results as JSON to this file.")
   app.run(main)

@@ -26,6 +26,7 @@ def test_summed_gradients_are_the_gradient_of_the_mean_loss_over_the_window():
   np.testing.assert_allclose(loss.numpy(), mean.numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_trainer_row_counts_the_bytes_all_reduced_per_example():
   # One replica: the count of all-reduce ops is 0 (nothing to reduce). 2 replicas and 2 workers, where it is 1,
   # run in test_bench's child processes: a 2-replica strategy here would share collective instance keys with the

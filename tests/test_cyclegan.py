@@ -156,6 +156,7 @@ def test_a_translator_that_draws_nothing_keeps_no_label():
   assert figures["cycle_error"] > 0.5 and figures["real_accuracy"] >= 0.95
 
 
+@pytest.mark.slow
 def test_the_config_trains_both_joint_phases_and_reports_the_translation(tmp_path):
   config.parse([os.path.join(REPO, "configs", "cyclegan_digits.gin")],
                ["TRAIN_STEPS = 4", "train.eval_every = 2", "train.log_every = 2", "train.export_models = False"])

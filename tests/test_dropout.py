@@ -5,6 +5,7 @@ import logging
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import toy
@@ -67,6 +68,7 @@ def test_with_dropout_two_replicas_end_on_the_weights_of_one(tmp_path):
   assert toy.max_diff(toy.weights(one), toy.weights(two)) <= 1e-6
 
 
+@pytest.mark.slow
 def test_a_resumed_dropout_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):
   kwargs = dict(cycle=[("a", 1)], models={n: functools.partial(_dropout_mlp, n) for n in "ab"})
   whole = toy.run(tmp_path / "whole", train_steps=4, **kwargs)

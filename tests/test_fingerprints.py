@@ -40,6 +40,7 @@ def _run(model_dir, data_dir, split, source="auto", train_steps=2):
   return toy.run(model_dir, train_steps=train_steps, checkpoint_every=2, examples=examples)
 
 
+@pytest.mark.slow
 def test_a_resume_on_other_data_is_refused_and_the_checkpoint_is_kept(tmp_path):
   data_dir = str(tmp_path / "tfds")
   _run(tmp_path / "run", data_dir, "train")

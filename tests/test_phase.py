@@ -156,6 +156,7 @@ def test_an_impossible_phase_is_one_line_naming_the_binding(tmp_path, phases, me
     toy.run(tmp_path, phases=phases, cycle=[("ab", 1)], train_steps=1)
 
 
+@pytest.mark.slow
 def test_a_run_resumed_mid_period_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):
   phases = {**FORMS["joint"], **toy.phases(a_reg=("a", regression.absolute_error))}
   # a period of 2 cycles: ab, a_reg, c, c | ab, c, c (7 updates); the split run stops at update 9, mid-period

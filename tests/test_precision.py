@@ -79,6 +79,7 @@ def test_policies_per_model_and_their_errors():
     precision.policies({"c": "float32"}, ["a"])
 
 
+@pytest.mark.slow
 def test_a_joint_phase_scales_by_its_smallest_float16_scale_and_an_overflow_skips_it_for_every_model(tmp_path):
   gin.bind_parameter("LossScale.initial_scale", 1024.0)
   gin.bind_parameter("LossScale.growth_steps", 1)  # every good window doubles the scales it used

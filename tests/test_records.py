@@ -79,6 +79,7 @@ def _run(model_dir, data_dir, source="disk", replicas=1, train_steps=6, **kwargs
                  examples=examples, **kwargs)
 
 
+@pytest.mark.slow
 def test_memory_and_disk_runs_end_on_the_same_weights(tmp_path, data_dir):
   memory, disk = (toy.weights(_run(tmp_path / s, data_dir, s, train_steps=8)) for s in ("memory", "disk"))
   first = toy.weights(_run(tmp_path / "first", data_dir, "disk", train_steps=1))
