@@ -4,8 +4,9 @@ Keras's ModelCheckpoint(save_best_only=True) the best monitored value.
 After each evaluation whose figure beats the best so far, every worker saves the training state (as for every
 checkpoint, only the chief's copy is kept) to model_dir/best/checkpoints/ (one checkpoint), the chief exports the
 models to model_dir/best/export/ (trainer.export, moving-average weights where kept) and then records the figure,
-its value and the update in model_dir/best/best.json. That file is read again at every decision, so a resumed run
-keeps comparing with the best of the whole run, not of its own part.
+its value and the update in model_dir/best/best.json. Every worker reads that file again at every decision (the
+model_dir is shared, as it is for resuming), so all of them decide alike, and a resumed run keeps comparing with
+the best of the whole run, not of its own part.
 """
 
 import json
