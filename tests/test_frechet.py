@@ -132,3 +132,10 @@ def test_samples_that_do_not_fit_the_feature_network_are_one_line():
                                        real=_regression_real, real_count=10, samples=10)
   with pytest.raises(UserError, match=r"samples of shape \(7,\) do not fit the feature network's input \(5,\)"):
     evaluation({}, toy.strategy(1))
+
+
+def test_an_unwritable_cache_is_one_warning_and_the_statistics_are_kept_in_memory(tmp_path, caplog):
+  (tmp_path / "file").write_text("")
+  stats = _cached_real(tmp_path / "file" / "cache")  # below a file: not even root can write there
+  assert stats.n == 1497
+  assert "cannot cache the real statistics" in caplog.text and "set TRAINER_CACHE" in caplog.text

@@ -234,7 +234,12 @@ class FrechetDistance:
       features_of = lambda i: network(self._shaped(self.real(i)[self.real_key], network), training=False)
       stats = statistics(features_of, self.real_count, self.batch, int(network.output_shape[-1]))
       if data and write:
-        _save(path, stats, key)
-        logging.info("Fréchet distance: real statistics of %d examples cached in %s", self.real_count, path)
+        try:
+          _save(path, stats, key)
+          logging.info("Fréchet distance: real statistics of %d examples cached in %s", self.real_count, path)
+        except OSError as e:  # an unwritable HOME (a container run as any uid): this process keeps them in memory
+          logging.warning("Fréchet distance: cannot cache the real statistics in %s (%s); each process computes "
+                          "them once: set TRAINER_CACHE to a writable directory", self.cache_dir,
+                          e.strerror or type(e).__name__)
     self._real[digest] = stats
     return stats

@@ -102,6 +102,16 @@ def _input(strategy: tf.distribute.Strategy, examples: ExamplesFn, global_batch_
   return iterator
 
 
+def _log_start(model_dir: str, state: State, schedule: Schedule, strategy: tf.distribute.Strategy,
+               global_batch_size: int, start: int, train_steps: int) -> None:
+  """The start-up summary: what trains, how, on what, from where."""
+  if start >= train_steps:
+    logging.info("%s already holds %d updates (train_steps=%d): nothing to do", model_dir, start, train_steps)
+  logging.info("training %s with %s on %d replica(s) (%s), global batch %d, from update %d of %d",
+               ", ".join(state.models), schedule, strategy.num_replicas_in_sync, type(strategy).__name__,
+               global_batch_size, start, train_steps)
+
+
 def _check_keep_best(figure: str | None, mode: str, evaluate: list[actions.EvaluateFn]) -> None:
   best.check(figure, mode)
   if figure and not evaluate:
@@ -217,12 +227,9 @@ def train(
     manager = checkpoints.make_manager(save_dir, state.models, state.optimizers, saved, keep_checkpoints)
     checkpoints.restore_latest(manager.checkpoint, checkpoint_dir)
     start = int(state.counters["update"].numpy())
-    if start >= train_steps:
-      logging.info("%s already holds %d updates (train_steps=%d): nothing to do", model_dir, start, train_steps)
     if chief and on_setup:
       on_setup(model_dir)
-    logging.info("training %s with %s on %d replica(s), global batch %d, from update %d of %d", ", ".join(state.models),
-                 schedule, strategy.num_replicas_in_sync, global_batch_size, start, train_steps)
+    _log_start(model_dir, state, schedule, strategy, global_batch_size, start, train_steps)
     iterator = _input(strategy, examples, global_batch_size, state.counters["micro_batch"], fingerprint, checkpoint_dir)
     make_loop = lambda entry: PhaseLoop(strategy, state, resolved[entry.name], entry.micro_batches, global_batch_size,
                                         skip_nonfinite=guard.skips)
