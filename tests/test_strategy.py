@@ -10,8 +10,9 @@ import tensorflow as tf
 from tensorflow.python.distribute.collective_all_reduce_strategy import CollectiveAllReduceExtended
 
 from launch.local import free_ports
+from tests import toy
 from tests.processes import REPO, checkpoint_state
-from trainer.strategy import cluster_resolver, replicas_on_cpu, task_addresses
+from trainer.strategy import cluster_resolver, describe, replicas_on_cpu, task_addresses
 
 SLURM_STEP = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
               "TRAINER_SLURM_PORT_BASE": "9000"}
@@ -81,3 +82,8 @@ def test_two_srun_tasks_train_as_one_multi_worker_job(tmp_path):
   assert [t.returncode for t in tasks] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
   assert "on 2 replica(s)" in logs[0] and "MultiWorkerMirroredStrategy" in logs[0]
   assert checkpoint_state(tmp_path)["update/.ATTRIBUTES/VARIABLE_VALUE"] == 6
+
+
+def test_the_start_up_line_names_the_strategy_as_users_know_it():
+  assert describe(toy.strategy(2)) == "MirroredStrategy"
+  assert describe(tf.distribute.OneDeviceStrategy("/cpu:0")) == "OneDeviceStrategy"

@@ -172,3 +172,13 @@ def workers(strategy: tf.distribute.Strategy) -> int:
   if resolver is None:
     return 1
   return max(1, sum(len(tasks) for job, tasks in resolver.cluster_spec().as_dict().items() if job in ("chief", "worker")))
+
+
+def describe(strategy: tf.distribute.Strategy) -> str:
+  """The strategy's public name (tf.distribute.<name>; MultiWorkerMirroredStrategy's class is named otherwise),
+  with the worker count when there are several."""
+  for name in ("MultiWorkerMirroredStrategy", "MirroredStrategy", "OneDeviceStrategy"):
+    if isinstance(strategy, getattr(tf.distribute, name)):
+      count = workers(strategy)
+      return f"{name}, {count} workers" if count > 1 else name
+  return type(strategy).__name__

@@ -25,7 +25,7 @@ from trainer.schedule import Schedule
 from trainer.state import State, build  # noqa: F401  (State: part of train's interface)
 from trainer.phase import LossFn, Phase
 from trainer.step import PhaseLoop
-from trainer.strategy import is_chief
+from trainer.strategy import describe, is_chief
 from trainer.telemetry import Telemetry
 
 
@@ -108,7 +108,7 @@ def _log_start(model_dir: str, state: State, schedule: Schedule, strategy: tf.di
   if start >= train_steps:
     logging.info("%s already holds %d updates (train_steps=%d): nothing to do", model_dir, start, train_steps)
   logging.info("training %s with %s on %d replica(s) (%s), global batch %d, from update %d of %d",
-               ", ".join(state.models), schedule, strategy.num_replicas_in_sync, type(strategy).__name__,
+               ", ".join(state.models), schedule, strategy.num_replicas_in_sync, describe(strategy),
                global_batch_size, start, train_steps)
 
 
