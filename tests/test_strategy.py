@@ -85,5 +85,7 @@ def test_two_srun_tasks_train_as_one_multi_worker_job(tmp_path):
 
 
 def test_the_start_up_line_names_the_strategy_as_users_know_it():
-  assert describe(toy.strategy(2)) == "MirroredStrategy"
-  assert describe(tf.distribute.OneDeviceStrategy("/cpu:0")) == "OneDeviceStrategy"
+  assert describe(toy.strategy(2)) == ("MirroredStrategy on /job:localhost/replica:0/task:0/device:CPU:0, "
+                                       "/job:localhost/replica:0/task:0/device:CPU:1")
+  assert describe(tf.distribute.OneDeviceStrategy("/cpu:0")) == (
+      "OneDeviceStrategy on /job:localhost/replica:0/task:0/device:CPU:0")

@@ -175,10 +175,11 @@ def workers(strategy: tf.distribute.Strategy) -> int:
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
-  """The strategy's public name (tf.distribute.<name>; MultiWorkerMirroredStrategy's class is named otherwise),
-  with the worker count when there are several."""
+  """The strategy's public name (tf.distribute.<name>; MultiWorkerMirroredStrategy's class is named otherwise) and
+  this worker's replica devices, with the worker count when there are several."""
+  devices = ", ".join(strategy.extended.worker_devices)
   for name in ("MultiWorkerMirroredStrategy", "MirroredStrategy", "OneDeviceStrategy"):
     if isinstance(strategy, getattr(tf.distribute, name)):
       count = workers(strategy)
-      return f"{name}, {count} workers" if count > 1 else name
-  return type(strategy).__name__
+      return f"{name}, {count} workers, this one on {devices}" if count > 1 else f"{name} on {devices}"
+  return f"{type(strategy).__name__} on {devices}"
