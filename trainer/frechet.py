@@ -187,7 +187,7 @@ class FrechetDistance:
     self.cache_dir = cache_dir or default_cache_dir()
     self._networks: dict[int, keras.Model] = {}  # id(strategy) -> the feature network built in its scope
     self._programs: dict[tuple, Program] = {}  # traced once per strategy and set of models
-    self._real: dict[str, Statistics] = {}  # cache key -> statistics, for this process
+    self._real: dict[int, Statistics] = {}  # id(feature network) -> its real statistics, for this process
 
   def __call__(self, models: Mapping[str, keras.Model], strategy: tf.distribute.Strategy) -> dict[str, float]:
     network = self._network(strategy)
@@ -216,15 +216,17 @@ class FrechetDistance:
 
   def real_statistics(self, network: keras.Model, write: bool = True) -> Statistics:
     """The real examples' statistics: from this process's memory, else the disk cache, else computed on the host
-    (and written to the cache when `write`). Not cached when the real data has no fingerprint (generated data)."""
+    (and written to the cache when `write`). Not cached when the real data has no fingerprint (generated data).
+    Kept per network: its weights are fixed, and hashing InceptionV3's at every evaluation would cost more than the
+    evaluation's own arithmetic."""
+    if id(network) in self._real:
+      return self._real[id(network)]
     with tf.init_scope(), fingerprints.collecting() as found:
       self.real(tf.constant([0], tf.int64))  # the examples function notes its data's fingerprint
     data = fingerprints.combine(found)
     key = {"data": data or f"unfingerprinted {self.real!r}", "count": self.real_count, "key": self.real_key,
            "features": weights_hash(network), "version": 1}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    if digest in self._real:
-      return self._real[digest]
     path = os.path.join(self.cache_dir, f"{digest}.npz")
     if data and os.path.exists(path):
       saved = np.load(path)
@@ -241,5 +243,5 @@ class FrechetDistance:
           logging.warning("Fréchet distance: cannot cache the real statistics in %s (%s); each process computes "
                           "them once: set TRAINER_CACHE to a writable directory", self.cache_dir,
                           e.strerror or type(e).__name__)
-    self._real[digest] = stats
+    self._real[id(network)] = stats
     return stats
