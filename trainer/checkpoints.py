@@ -30,14 +30,17 @@ def make_manager(
     max_to_keep: int,
 ) -> tf.train.CheckpointManager:
   """A CheckpointManager over all training state, writing to `directory`."""
-  checkpoint = tf.train.Checkpoint(
-      **{f"model_{n}": m for n, m in models.items()},
-      **{f"optimizer_{n}": o for n, o in optimizers.items()},
-      **counters,
-  )
+  checkpoint = state_checkpoint(models, optimizers, counters)
   return tf.train.CheckpointManager(
       checkpoint, directory, max_to_keep=max_to_keep, step_counter=counters["update"]
   )
+
+
+def state_checkpoint(models: Mapping[str, keras.Model], optimizers: Mapping[str, keras.optimizers.Optimizer],
+                     counters: Mapping[str, tf.Variable]) -> tf.train.Checkpoint:
+  """The checkpoint object of the training state, under the names every checkpoint file uses."""
+  return tf.train.Checkpoint(**{f"model_{n}": m for n, m in models.items()},
+                             **{f"optimizer_{n}": o for n, o in optimizers.items()}, **counters)
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:

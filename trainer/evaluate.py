@@ -19,7 +19,8 @@ import os
 import time
 from typing import Iterator
 
-from trainer import main as training  # noqa: F401  (its flags: --model_dir, --gin_file, --strategy, ...)
+# First: trainer.main starts TensorFlow quietly, and its flags (--model_dir, --gin_file, --strategy, ...) are ours.
+from trainer import main as training
 import gin  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -29,7 +30,7 @@ from trainer.best import DIRECTORY as BEST  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 from trainer.faults import Watchdog  # noqa: E402
 from trainer.state import build  # noqa: E402
-from trainer.telemetry import Telemetry  # noqa: E402
+from trainer.telemetry import Telemetry, is_picture  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Evaluate checkpoint ckpt-N (the update it was saved at); "
                                    "default: the latest.", lower_bound=0)
@@ -52,9 +53,7 @@ class Evaluator:
     self.strategy, self.chief = strategy, strategy_.is_chief(strategy)
     self.state = build(strategy, run["models"], run["optimizers"], run.get("seed", 0),
                        run.get("precision", "float32"))
-    self._checkpoint = tf.train.Checkpoint(**{f"model_{n}": m for n, m in self.state.models.items()},
-                                           **{f"optimizer_{n}": o for n, o in self.state.optimizers.items()},
-                                           **self.state.counters)
+    self._checkpoint = checkpoints.state_checkpoint(self.state.models, self.state.optimizers, self.state.counters)
 
   def evaluate(self, path: str) -> tuple[int, dict]:
     checkpoints.restore(self._checkpoint, path)
@@ -113,8 +112,7 @@ def new_checkpoints(directory: str, timeout: float, after: int = -1) -> Iterator
 
 def figures(update: int, results: dict) -> dict:
   """The JSON object the command prints: the update and every number under eval/."""
-  return {"update": update, **{f"eval/{k}": float(v) for k, v in results.items()
-                               if not (hasattr(v, "dtype") and v.dtype == "uint8")}}
+  return {"update": update, **{f"eval/{k}": float(v) for k, v in results.items() if not is_picture(v)}}
 
 
 def watch(evaluator: Evaluator, model_dir: str, timeout: float) -> dict:
