@@ -154,7 +154,11 @@ def _save(path: str, stats: Statistics, key: Mapping[str, object]) -> None:
   """Writes `stats` to `path` atomically (a temporary file renamed into place), with its key for people to read."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".npz", delete=False) as f:
-    np.savez(f, n=stats.n, sum=stats.sum, outer=stats.outer, key=json.dumps(key, sort_keys=True))
+    try:
+      np.savez(f, n=stats.n, sum=stats.sum, outer=stats.outer, key=json.dumps(key, sort_keys=True))
+    except BaseException:  # a full disk: leave no half-written file behind
+      os.remove(f.name)
+      raise
   os.replace(f.name, path)
 
 
