@@ -1,7 +1,7 @@
 r"""Runs a multi-worker job on this machine: python -m launch.local --num_workers=N -- <trainer.main flags>.
 
-Starts N `trainer.main` processes (or `trainer.evaluate` ones, --module) with TF_CONFIG on free loopback ports, prints their output interleaved with a
-`[worker i]` prefix, and treats them as one job: when a worker fails, the others are stopped (SIGTERM, then
+Starts N `trainer.main` processes (or `trainer.evaluate` ones, --module) with TF_CONFIG on free loopback ports,
+prints their output interleaved with a `[worker i]` prefix, and treats them as one job: when a worker fails, the others are stopped (SIGTERM, then
 SIGKILL after --grace_seconds) and, while --max_restarts allows, all of them are started again and resume from the
 last checkpoint. That is the restart model TF documents for MultiWorkerMirroredStrategy: a lone restarted worker
 cannot rejoin its peers' collectives. Exit codes 2 and 3 (bad input, non-finite loss) are not retried: a restart

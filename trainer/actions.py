@@ -14,7 +14,7 @@ from trainer.errors import UserError
 from trainer.schedule import Schedule
 from trainer.state import State
 from trainer.strategy import workers
-from trainer.telemetry import Telemetry, is_picture
+from trainer.telemetry import Telemetry, evaluation_figures
 from trainer.update import averaged_weights
 
 EvaluateFn = Callable[..., Mapping[str, float | np.ndarray]]
@@ -104,8 +104,8 @@ class Evaluation(Action):
       self.last = self._telemetry.evaluation(results, update, time.perf_counter() - start)
     if self._on_results:  # only figures every worker has: the workers must take the same decision
       one_worker = workers(self._strategy) == 1
-      self._on_results(update, {f"eval/{k}": float(v) for k, v in results.items()
-                                if not is_picture(v) and (one_worker or k in everywhere)})
+      self._on_results(update, {k: v for k, v in evaluation_figures(results).items()
+                                if one_worker or k.removeprefix("eval/") in everywhere})
 
 
 class Export(Action):

@@ -30,7 +30,7 @@ from trainer.best import DIRECTORY as BEST  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 from trainer.faults import Watchdog  # noqa: E402
 from trainer.state import build  # noqa: E402
-from trainer.telemetry import Telemetry, is_picture  # noqa: E402
+from trainer.telemetry import Telemetry, evaluation_figures  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Evaluate checkpoint ckpt-N (the update it was saved at); "
                                    "default: the latest.", lower_bound=0)
@@ -74,6 +74,11 @@ def parse(model_dir: str, files: list[str], bindings: list[str]) -> None:
   config.parse(files, bindings)
 
 
+def _number(path: str) -> int:
+  """N of a checkpoint path .../ckpt-N (the update it was saved at)."""
+  return int(path.rsplit("-", 1)[1])
+
+
 def checkpoint_path(model_dir: str, number: int | None) -> str:
   """ckpt-`number` in model_dir/checkpoints/ or model_dir/best/checkpoints/, or the latest in the former."""
   directories = [os.path.join(model_dir, "checkpoints"), os.path.join(model_dir, BEST, "checkpoints")]
@@ -86,7 +91,7 @@ def checkpoint_path(model_dir: str, number: int | None) -> str:
     path = os.path.join(directory, f"ckpt-{number}")
     if tf.io.gfile.exists(f"{path}.index"):
       return path
-  kept = sorted({int(p.rsplit("-", 1)[1].split(".")[0]) for d in directories
+  kept = sorted({_number(p.removesuffix(".index")) for d in directories
                  for p in tf.io.gfile.glob(os.path.join(d, "ckpt-*.index"))})
   raise UserError(f"--checkpoint={number}: there is no ckpt-{number} in {model_dir} (it keeps "
                   f"{', '.join(map(str, kept)) or 'none'})")
@@ -99,7 +104,7 @@ def new_checkpoints(directory: str, timeout: float, after: int = -1) -> Iterator
   while True:
     state = tf.train.get_checkpoint_state(directory)
     paths = list(state.all_model_checkpoint_paths) if state else []
-    fresh = sorted((int(p.rsplit("-", 1)[1]), p) for p in paths if int(p.rsplit("-", 1)[1]) > after)
+    fresh = sorted((_number(p), p) for p in paths if _number(p) > after)
     for after, path in fresh:
       yield path
       waited = 0.0
@@ -112,7 +117,7 @@ def new_checkpoints(directory: str, timeout: float, after: int = -1) -> Iterator
 
 def figures(update: int, results: dict) -> dict:
   """The JSON object the command prints: the update and every number under eval/."""
-  return {"update": update, **{f"eval/{k}": float(v) for k, v in results.items() if not is_picture(v)}}
+  return {"update": update, **evaluation_figures(results)}
 
 
 def watch(evaluator: Evaluator, model_dir: str, timeout: float) -> dict:

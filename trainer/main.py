@@ -6,14 +6,11 @@ worker missing, lost or stalled, 42 preempted (SIGTERM; state saved, relaunch to
 traceback.
 """
 
-import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: hide C++ start-up chatter
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from trainer import console  # noqa: E402
+from trainer import console
 
 console.import_tensorflow_quietly()  # before anything imports TensorFlow: its start-up chatter is dropped
 

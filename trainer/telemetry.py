@@ -33,6 +33,11 @@ def is_picture(value: object) -> bool:
   return isinstance(value, np.ndarray) and value.dtype == np.uint8
 
 
+def evaluation_figures(results: Mapping[str, float | np.ndarray]) -> dict[str, float]:
+  """An evaluation's numbers under their reported names, eval/<name> (its pictures left out)."""
+  return {f"eval/{k}": float(v) for k, v in results.items() if not is_picture(v)}
+
+
 class Telemetry:
   """Collects per-update figures and writes them out once per log interval.
 
@@ -125,7 +130,7 @@ class Telemetry:
     for name, value in results.items():
       if is_picture(value):
         self.image(f"eval/{name}", value, update)
-    figures = {f"eval/{k}": float(v) for k, v in results.items() if not is_picture(v)}
+    figures = evaluation_figures(results)
     logging.info("eval at update %d (%.1fs): %s", update, seconds, " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
     self.write({"update": update, **figures}, update)
     return figures

@@ -31,8 +31,9 @@ def pool_features(weights: str = gin.REQUIRED, image_shape: tuple[int, int, int]
 
   Images are resized to `size` x `size` bilinearly without antialiasing (keras.layers.Resizing, which is
   tf.image.resize's default, as the TF FID code resizes; clean-fid's PIL bicubic gives other figures), and grey
-  images repeated to 3 channels. [-1, 1] is what Keras's InceptionV3 preprocessing produces: no further scaling. `weights` is a local file of the
-  network's weights (Keras's `..._notop.h5`, or any `model.save_weights` of the same network).
+  images repeated to 3 channels. [-1, 1] is what Keras's InceptionV3 preprocessing produces: no further scaling.
+  `weights` is a local file of the network's weights (Keras's `..._notop.h5`, or any `model.save_weights` of the
+  same network).
   """
   if not tf.io.gfile.exists(weights):
     raise UserError(f"pool_features.weights = {weights!r} does not exist; give the path of a local weights file "
